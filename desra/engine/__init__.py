@@ -1,0 +1,1 @@
+"""Training engine: loop, distributed set-up, checkpoints, logging, validation."""

@@ -1,0 +1,73 @@
+"""Periodic validation: SR of every validation image, metrics (BasicSR's ``val.metrics``), images to disk/TB."""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+
+from desra.engine import dist as dist_utils
+from desra.registry import METRIC_REGISTRY
+
+logger = logging.getLogger('desra')
+
+
+def compute_metrics(metrics_opt: dict, sr: torch.Tensor, gt: torch.Tensor, sr_img: np.ndarray,
+                    gt_img: np.ndarray, key_path: str = 'val.metrics') -> dict:
+    """Evaluate each ``{name: {type: calculate_psnr, crop_border: 4, ...}}`` entry on one image pair.
+
+    Metrics whose type ends in ``_pt`` take B x C x H x W tensors in [0, 1]; the others take the uint8
+    HWC BGR images (BasicSR's convention).
+    """
+    import desra.metrics  # noqa: F401  (registers the built-in metrics)
+
+    results = {}
+    for name, m_opt in metrics_opt.items():
+        m_opt = dict(m_opt)
+        fn = METRIC_REGISTRY.get(m_opt.pop('type', None), f'{key_path}.{name}.type')
+        if fn.__name__.endswith('_pt'):
+            value = fn(sr, gt, **m_opt)
+            value = float(value.mean()) if torch.is_tensor(value) else float(value)
+        else:
+            value = float(fn(sr_img, gt_img, **m_opt))
+        results[name] = value
+    return results
+
+
+def validate(model, loader, opt: dict, current_iter: int, tb_logger=None, save_img: bool = False) -> dict:
+    """Run the EMA (or G) over ``loader`` on rank 0; returns ``{metric: mean}`` (empty on other ranks)."""
+    from desra.data.io import imwrite_atomic, tensor2img
+
+    results: dict = {}
+    if opt.get('rank', 0) == 0:
+        val_opt = opt.get('val') or {}
+        metrics_opt = val_opt.get('metrics') or {}
+        dataset_name = loader.dataset.opt.get('name', 'val') if hasattr(loader.dataset, 'opt') else 'val'
+        sums = {name: 0.0 for name in metrics_opt}
+        count = 0
+        for i, data in enumerate(loader):
+            sr = model.infer(data['lq'], tile_size=val_opt.get('tile_size', 0), tile_pad=val_opt.get('tile_pad', 10))
+            sr = sr.clamp_(0, 1).cpu()
+            sr_img = tensor2img(sr)
+            img_name = os.path.splitext(os.path.basename(data['lq_path'][0]))[0]
+            if 'gt' in data and metrics_opt:
+                gt = data['gt']
+                for name, v in compute_metrics(metrics_opt, sr, gt, sr_img, tensor2img(gt)).items():
+                    sums[name] += v
+                count += 1
+            if save_img:
+                suffix = val_opt.get('suffix')
+                fname = f'{img_name}_{suffix}.png' if suffix else f'{img_name}_{current_iter}.png'
+                imwrite_atomic(sr_img, os.path.join(opt['path']['visualization'], dataset_name, fname))
+            if tb_logger is not None and i < val_opt.get('tb_images', 4):
+                tb_logger.add_image(f'val/{dataset_name}/{img_name}', sr[0], current_iter)
+        results = {name: s / max(count, 1) for name, s in sums.items()}
+        if results:
+            msg = ', '.join(f'{k}: {v:.4f}' for k, v in results.items())
+            logger.info('Validation %s @ iter %d: %s', dataset_name, current_iter, msg)
+            if tb_logger is not None:
+                for k, v in results.items():
+                    tb_logger.add_scalar(f'metrics/{dataset_name}/{k}', v, current_iter)
+    dist_utils.barrier()
+    return results

@@ -1,0 +1,30 @@
+"""Image-quality metrics; importing registers them in ``METRIC_REGISTRY``.
+
+In a YAML ``val.metrics`` block each entry names a registered function by ``type`` and gives its
+keyword arguments, e.g. ``psnr: {type: calculate_psnr, crop_border: 4, test_y_channel: false}``.
+"""
+from __future__ import annotations
+
+import copy
+
+from desra.metrics.color import bgr2ycbcr, rgb2ycbcr, rgb2ycbcr_pt, to_y_channel, ycbcr2bgr, ycbcr2rgb  # noqa: F401
+from desra.metrics.psnr_ssim import (calculate_psnr, calculate_psnr_pt, calculate_ssim,  # noqa: F401
+                                     calculate_ssim_pt)
+from desra.errors import ConfigError
+from desra.registry import METRIC_REGISTRY
+
+__all__ = ['calculate_metric', 'calculate_psnr', 'calculate_ssim', 'calculate_psnr_pt', 'calculate_ssim_pt',
+           'bgr2ycbcr', 'rgb2ycbcr', 'rgb2ycbcr_pt', 'ycbcr2bgr', 'ycbcr2rgb', 'to_y_channel']
+
+
+def calculate_metric(data: dict, opt: dict, key_path: str = 'val.metrics'):
+    """Evaluate the metric described by ``opt`` (``type`` + keyword arguments) on ``data``.
+
+    ``data`` holds the images, e.g. ``{'img': sr, 'img2': gt}``; ``key_path`` is the YAML path of
+    ``opt``, used in error messages.
+    """
+    opt = copy.deepcopy(opt)
+    metric_type = opt.pop('type', None)
+    if metric_type is None:
+        raise ConfigError(f'{key_path}.type: missing required key (a registered metric name, e.g. calculate_psnr)')
+    return METRIC_REGISTRY.get(metric_type, f'{key_path}.type')(**data, **opt)

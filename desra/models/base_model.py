@@ -1,0 +1,208 @@
+"""Machinery shared by the SR and GAN models: networks, devices, DDP, AMP, optimisers, checkpoints.
+
+A model owns its networks and optimisers and knows one training step (``optimize_parameters``). The loop,
+logging, validation and checkpoint timing live in :mod:`desra.engine.trainer`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from desra.engine.checkpoint import atomic_torch_save, load_torch_file
+from desra.engine.lr_scheduler import LRSchedule
+from desra.errors import ConfigError
+from desra.registry import ARCH_REGISTRY, LOSS_REGISTRY
+
+logger = logging.getLogger('desra')
+
+_OPTIMIZERS = {name: getattr(torch.optim, name) for name in
+               ('Adam', 'AdamW', 'SGD', 'RMSprop', 'Adamax', 'NAdam', 'RAdam', 'Adagrad')}
+
+
+def build_network(net_opt: dict, key_path: str) -> nn.Module:
+    import desra.archs  # noqa: F401  (registers the built-in architectures)
+
+    return ARCH_REGISTRY.build(dict(net_opt), key_path)
+
+
+def build_loss(loss_opt: dict, key_path: str) -> nn.Module:
+    import desra.losses  # noqa: F401  (registers the built-in losses)
+
+    return LOSS_REGISTRY.build(dict(loss_opt), key_path)
+
+
+def build_optimizer(params, optim_opt: dict, key_path: str) -> torch.optim.Optimizer:
+    optim_opt = dict(optim_opt)
+    name = optim_opt.pop('type')
+    if name not in _OPTIMIZERS:
+        import difflib
+        close = difflib.get_close_matches(name, list(_OPTIMIZERS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ''
+        raise ConfigError(f"{key_path}.type: unknown optimizer '{name}'.{hint} Available: {', '.join(_OPTIMIZERS)}")
+    if 'betas' in optim_opt:
+        optim_opt['betas'] = tuple(optim_opt['betas'])
+    try:
+        return _OPTIMIZERS[name](params, **optim_opt)
+    except TypeError as e:
+        raise ConfigError(f"{key_path}: bad options for {name}: {e}") from None
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
+def load_pretrained(net: nn.Module, path: str, param_key: str, strict: bool, key_path: str) -> None:
+    from desra.archs.checkpoint_io import load_network_weights
+
+    load_network_weights(unwrap(net), path, param_key=param_key, strict=strict, key_path=key_path)
+    logger.info('Loaded %s from %s [%s]', key_path, path, param_key)
+
+
+class BaseModel:
+    """Networks on ``device``; optional DDP wrapping, AMP, EMA; BasicSR checkpoint formats.
+
+    Subclasses define ``_init_training()`` (losses and optimisers) and ``optimize_parameters(t)``.
+    """
+
+    def __init__(self, opt: dict, device: torch.device):
+        self.opt = opt
+        self.device = device
+        self.is_train = opt.get('is_train', True)
+        train_opt = opt.get('train') or {}
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.schedules: list[LRSchedule] = []
+        self.scalers: list[torch.amp.GradScaler] = []
+        self.log_dict: OrderedDict = OrderedDict()
+
+        self.net_g = build_network(opt['network_g'], 'network_g').to(device)
+        path = opt.get('path') or {}
+        if path.get('pretrain_network_g'):
+            load_pretrained(self.net_g, path['pretrain_network_g'], path.get('param_key_g', 'params'),
+                            path.get('strict_load_g', True), 'path.pretrain_network_g')
+
+        self.ema = None
+        if self.is_train and train_opt.get('ema_decay', 0) > 0:
+            from desra.models.ema import ModelEMA
+
+            self.ema = ModelEMA(self.net_g, train_opt['ema_decay'])
+            if path.get('pretrain_network_g'):
+                # BasicSR: an official checkpoint's params_ema seeds the EMA; otherwise it starts as G
+                ckpt = load_torch_file(path['pretrain_network_g'], 'path.pretrain_network_g') \
+                    if path['pretrain_network_g'].endswith('.pth') else {}
+                if isinstance(ckpt, dict) and 'params_ema' in ckpt:
+                    load_pretrained(self.ema.module, path['pretrain_network_g'], 'params_ema',
+                                    path.get('strict_load_g', True), 'path.pretrain_network_g')
+
+        self.amp_dtype = None
+        if train_opt.get('use_amp', False):
+            dtype = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16,
+                     'float16': torch.float16}.get(train_opt.get('amp_dtype', 'bf16'))
+            if dtype is None:
+                raise ConfigError(f"train.amp_dtype: expected bf16 or fp16, got '{train_opt.get('amp_dtype')}'")
+            if device.type != 'cuda':
+                logger.warning('train.use_amp is ignored on %s: autocast is only used on CUDA', device.type)
+            else:
+                self.amp_dtype = dtype
+
+    # ------------------------------------------------------------------------------------ training set-up
+    def wrap_distributed(self) -> None:
+        """Wrap the trained networks in DDP when a process group is active."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        find_unused = self.opt.get('find_unused_parameters', False)
+        ids = [self.device.index] if self.device.type == 'cuda' else None
+        for name in self._trained_network_names():
+            setattr(self, name, DistributedDataParallel(getattr(self, name), device_ids=ids,
+                                                        find_unused_parameters=find_unused))
+
+    def _trained_network_names(self) -> list[str]:
+        return ['net_g']
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _make_scaler(self):
+        enabled = self.amp_dtype == torch.float16
+        scaler = torch.amp.GradScaler(self.device.type, enabled=enabled)
+        self.scalers.append(scaler)
+        return scaler
+
+    def _setup_schedules(self) -> None:
+        sched_opt = (self.opt.get('train') or {}).get('scheduler')
+        self.schedules = [LRSchedule(o, sched_opt) for o in self.optimizers]
+
+    def update_learning_rate(self, current_iter: int) -> None:
+        warmup = (self.opt.get('train') or {}).get('warmup_iter', -1)
+        for s in self.schedules:
+            s.update(current_iter, warmup)
+
+    def get_current_learning_rate(self) -> list[float]:
+        return [g['lr'] for g in self.optimizers[0].param_groups]
+
+    def feed_data(self, data: dict) -> None:
+        self.lq = data['lq'].to(self.device, non_blocking=True)
+        self.gt = data['gt'].to(self.device, non_blocking=True) if 'gt' in data else None
+
+    def _step(self, loss: torch.Tensor, optimizer, scaler) -> None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    # ------------------------------------------------------------------------------------------ inference
+    def inference_network(self) -> nn.Module:
+        """The network that is validated and saved as ``params_ema``: the EMA if present, else G."""
+        return self.ema.module if self.ema is not None else unwrap(self.net_g)
+
+    @torch.no_grad()
+    def infer(self, lq: torch.Tensor, tile_size: int = 0, tile_pad: int = 10) -> torch.Tensor:
+        from desra.inference import tiled_forward
+
+        net = self.inference_network()
+        was_training = net.training
+        net.eval()
+        try:
+            with self.autocast():
+                out = tiled_forward(net, lq.to(self.device), self.opt['scale'], tile_size=tile_size,
+                                    tile_pad=tile_pad, mod_pad=getattr(net, 'mod_pad', 1))
+        finally:
+            net.train(was_training)
+        return out.float()
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def save_networks(self, models_dir: str, current_iter: int | str) -> None:
+        """``net_g_<iter>.pth`` = ``{'params': G, 'params_ema': EMA}``; GAN models add ``net_d_<iter>.pth``."""
+        g = {'params': _cpu_state(unwrap(self.net_g))}
+        if self.ema is not None:
+            g['params_ema'] = _cpu_state(self.ema.module)
+        atomic_torch_save(g, os.path.join(models_dir, f'net_g_{current_iter}.pth'))
+
+    def load_networks(self, models_dir: str, current_iter: int) -> None:
+        path = os.path.join(models_dir, f'net_g_{current_iter}.pth')
+        load_pretrained(self.net_g, path, 'params', True, 'resume net_g')
+        if self.ema is not None:
+            load_pretrained(self.ema.module, path, 'params_ema', True, 'resume net_g_ema')
+
+    def training_state(self) -> dict:
+        return {'optimizers': [o.state_dict() for o in self.optimizers],
+                'scalers': [s.state_dict() for s in self.scalers]}
+
+    def load_training_state(self, state: dict) -> None:
+        if len(state['optimizers']) != len(self.optimizers):
+            raise ConfigError(f"resume_state: the state has {len(state['optimizers'])} optimizers but this "
+                              f"model has {len(self.optimizers)}; was it written by another model_type?")
+        for o, s in zip(self.optimizers, state['optimizers']):
+            o.load_state_dict(s)
+        for sc, s in zip(self.scalers, state.get('scalers', [])):
+            sc.load_state_dict(s)
+
+
+def _cpu_state(net: nn.Module) -> OrderedDict:
+    return OrderedDict((k, v.detach().cpu().clone()) for k, v in net.state_dict().items())

@@ -1,0 +1,204 @@
+"""GAN model: G + D with pixel, perceptual, adversarial and (optional) LDL artifact losses, and an EMA of G.
+
+One training step, in order (BasicSR's SRGAN/ESRGAN step plus LDL):
+
+1. G step (every ``net_d_iters`` iterations, after ``net_d_init_iters``), D frozen:
+   pixel loss, LDL artifact loss (map from G's output, the GT and the EMA generator's output, LDL Eq. 2-7),
+   perceptual (+style) loss, adversarial loss (vanilla or relativistic). One backward, one Adam step.
+2. D step: real then fake (G output detached), each with its own backward, one step.
+3. EMA update of G (decay ``train.ema_decay``, 0.999 in LDL).
+
+The EMA network drives the LDL map, is saved as ``params_ema`` and is the one validated.
+The DeSRA fine-tune is this model fed a pseudo-GT paired dataset; there is no separate class.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from desra.errors import ConfigError
+from desra.losses.ldl_loss import LDLArtifactLoss
+from desra.models.base_model import (BaseModel, _cpu_state, build_loss, build_network, build_optimizer,
+                                     load_pretrained, unwrap)
+from desra.engine.checkpoint import atomic_torch_save
+from desra.registry import MODEL_REGISTRY
+
+import os
+
+
+@MODEL_REGISTRY.register()
+class GANModel(BaseModel):
+    """Options: ``network_d``; ``train.{pixel,perceptual,gan,artifacts}_opt``; ``train.optim_d``;
+    ``train.net_d_iters`` (1), ``train.net_d_init_iters`` (0); ``train.relativistic_gan`` (False;
+    True gives ESRGAN's RaGAN); ``train.ema_decay``.
+    """
+
+    relativistic_default = False
+
+    def __init__(self, opt: dict, device: torch.device):
+        super().__init__(opt, device)
+        if 'network_d' not in opt:
+            raise ConfigError(f"network_d: missing required key for model_type {opt.get('model_type')} "
+                              "(e.g. type: UNetDiscriminatorSN)")
+        self.net_d = build_network(opt['network_d'], 'network_d').to(device)
+        path = opt.get('path') or {}
+        if path.get('pretrain_network_d'):
+            load_pretrained(self.net_d, path['pretrain_network_d'], path.get('param_key_d', 'params'),
+                            path.get('strict_load_d', True), 'path.pretrain_network_d')
+        if self.is_train:
+            self._init_training()
+
+    def _trained_network_names(self) -> list[str]:
+        return ['net_g', 'net_d']
+
+    def _init_training(self) -> None:
+        train_opt = self.opt['train']
+        self.net_g.train()
+        self.net_d.train()
+
+        def maybe(key):
+            return build_loss(train_opt[key], f'train.{key}').to(self.device) if train_opt.get(key) else None
+
+        self.cri_pix = maybe('pixel_opt')
+        self.cri_perceptual = maybe('perceptual_opt')
+        self.cri_gan = maybe('gan_opt')
+        if self.cri_gan is None:
+            raise ConfigError(f"train.gan_opt: missing required key for model_type {self.opt.get('model_type')} "
+                              "(e.g. {type: GANLoss, gan_type: vanilla, loss_weight: 0.1})")
+        self.cri_artifacts = self._build_artifacts_loss(train_opt.get('artifacts_opt'))
+        if self.cri_artifacts is not None and self.ema is None:
+            raise ConfigError('train.ema_decay: the LDL artifact loss (train.artifacts_opt) needs the EMA '
+                              'generator; set train.ema_decay (0.999 in LDL)')
+        self.relativistic = train_opt.get('relativistic_gan', self.relativistic_default)
+        self.net_d_iters = train_opt.get('net_d_iters', 1)
+        self.net_d_init_iters = train_opt.get('net_d_init_iters', 0)
+
+        self.optimizer_g = build_optimizer([p for p in self.net_g.parameters() if p.requires_grad],
+                                           train_opt['optim_g'], 'train.optim_g')
+        if 'optim_d' not in train_opt:
+            raise ConfigError(f"train.optim_d: missing required key for model_type {self.opt.get('model_type')}")
+        self.optimizer_d = build_optimizer(self.net_d.parameters(), train_opt['optim_d'], 'train.optim_d')
+        self.optimizers = [self.optimizer_g, self.optimizer_d]
+        self.scaler_g = self._make_scaler()
+        self.scaler_d = self._make_scaler()
+        self._setup_schedules()
+
+    def _build_artifacts_loss(self, art_opt: dict | None):
+        if not art_opt:
+            return None
+        if art_opt.get('type') == 'L1Loss':
+            # LDL's own option files say `artifacts_opt: {type: L1Loss, loss_weight: 1.0}` and let the model build
+            # the map; read that as the LDL artifact loss with the same weight and reduction.
+            extra = set(art_opt) - {'type', 'loss_weight', 'reduction'}
+            if extra:
+                raise ConfigError(f"train.artifacts_opt.{sorted(extra)[0]}: not an L1Loss option; use "
+                                  "type: LDLArtifactLoss for kernel_size / detach_map")
+            return LDLArtifactLoss(loss_weight=art_opt.get('loss_weight', 1.0),
+                                   reduction=art_opt.get('reduction', 'mean'))
+        loss = build_loss(art_opt, 'train.artifacts_opt')
+        if not isinstance(loss, LDLArtifactLoss):
+            raise ConfigError(f"train.artifacts_opt.type: expected LDLArtifactLoss (or L1Loss as in LDL's files), "
+                              f"got {art_opt['type']}")
+        return loss
+
+    # ------------------------------------------------------------------------------------------ one step
+    def optimize_parameters(self, current_iter: int) -> OrderedDict:
+        net_d_raw = unwrap(self.net_d)
+        loss_dict = OrderedDict()
+        train_g = current_iter % self.net_d_iters == 0 and current_iter > self.net_d_init_iters
+
+        # ---- generator
+        for p in self.net_d.parameters():
+            p.requires_grad_(False)
+        self.optimizer_g.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(train_g), self.autocast():
+            # without a G step, G's forward must not build a graph: DDP would wait for its backward
+            self.output = self.net_g(self.lq)
+        if train_g:
+            output = self.output.float()
+            l_g_total = 0
+            if self.cri_pix is not None:
+                loss_dict['l_g_pix'] = l = self.cri_pix(output, self.gt)
+                l_g_total = l_g_total + l
+            if self.cri_artifacts is not None:
+                with torch.no_grad(), self.autocast():
+                    output_ema = self.ema.module(self.lq)
+                loss_dict['l_g_artifacts'] = l = self.cri_artifacts(output, self.gt, output_ema.float())
+                l_g_total = l_g_total + l
+            if self.cri_perceptual is not None:
+                l_percep, l_style = self.cri_perceptual(output, self.gt)
+                for name, value in (('l_g_percep', l_percep), ('l_g_style', l_style)):
+                    if value is not None:
+                        loss_dict[name] = value
+                        l_g_total = l_g_total + value
+            with self.autocast():
+                fake_g_pred = net_d_raw(self.output).float()
+            if self.relativistic:
+                with torch.no_grad(), self.autocast():
+                    real_d_pred = net_d_raw(self.gt).float()
+                l_g_real = self.cri_gan(real_d_pred - fake_g_pred.mean(), False, is_disc=False)
+                l_g_fake = self.cri_gan(fake_g_pred - real_d_pred.mean(), True, is_disc=False)
+                loss_dict['l_g_gan'] = l = (l_g_real + l_g_fake) / 2
+            else:
+                loss_dict['l_g_gan'] = l = self.cri_gan(fake_g_pred, True, is_disc=False)
+            l_g_total = l_g_total + l
+            self._step(l_g_total, self.optimizer_g, self.scaler_g)
+
+        # ---- discriminator
+        for p in self.net_d.parameters():
+            p.requires_grad_(True)
+        self.optimizer_d.zero_grad(set_to_none=True)
+        fake_input = self.output.detach().clone()
+        if self.relativistic:
+            with torch.no_grad(), self.autocast():
+                fake_d_pred = net_d_raw(fake_input).float()
+            with self.autocast():
+                real_d_pred = self.net_d(self.gt).float()
+            l_d_real = self.cri_gan(real_d_pred - fake_d_pred.mean(), True, is_disc=True) * 0.5
+            self.scaler_d.scale(l_d_real).backward()
+            with self.autocast():
+                fake_d_pred = self.net_d(fake_input).float()
+            l_d_fake = self.cri_gan(fake_d_pred - real_d_pred.detach().mean(), False, is_disc=True) * 0.5
+        else:
+            with self.autocast():
+                real_d_pred = self.net_d(self.gt).float()
+            l_d_real = self.cri_gan(real_d_pred, True, is_disc=True)
+            self.scaler_d.scale(l_d_real).backward()
+            with self.autocast():
+                fake_d_pred = self.net_d(fake_input).float()
+            l_d_fake = self.cri_gan(fake_d_pred, False, is_disc=True)
+        self.scaler_d.scale(l_d_fake).backward()
+        self.scaler_d.step(self.optimizer_d)
+        self.scaler_d.update()
+        loss_dict['l_d_real'] = l_d_real
+        loss_dict['l_d_fake'] = l_d_fake
+        loss_dict['out_d_real'] = real_d_pred.detach().mean()
+        loss_dict['out_d_fake'] = fake_d_pred.detach().mean()
+
+        if self.ema is not None:
+            self.ema.update(unwrap(self.net_g))
+        return OrderedDict((k, v.detach()) for k, v in loss_dict.items())
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def save_networks(self, models_dir: str, current_iter) -> None:
+        super().save_networks(models_dir, current_iter)
+        atomic_torch_save({'params': _cpu_state(unwrap(self.net_d))},
+                          os.path.join(models_dir, f'net_d_{current_iter}.pth'))
+
+    def load_networks(self, models_dir: str, current_iter: int) -> None:
+        super().load_networks(models_dir, current_iter)
+        load_pretrained(self.net_d, os.path.join(models_dir, f'net_d_{current_iter}.pth'), 'params', True,
+                        'resume net_d')
+
+
+@MODEL_REGISTRY.register()
+class SRGANModel(GANModel):
+    """BasicSR name for the plain (non-relativistic) GAN model."""
+
+
+@MODEL_REGISTRY.register()
+class ESRGANModel(GANModel):
+    """ESRGAN: the GAN model with the relativistic average GAN (RaGAN) loss by default."""
+
+    relativistic_default = True

@@ -1,0 +1,58 @@
+"""SR model: a generator trained with pixel (and optionally perceptual) losses, with an optional EMA."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from desra.errors import ConfigError
+from desra.models.base_model import BaseModel, build_loss, build_optimizer
+from desra.registry import MODEL_REGISTRY
+
+
+@MODEL_REGISTRY.register()
+class SRModel(BaseModel):
+    """BasicSR's ``SRModel``: ``train.pixel_opt`` and/or ``train.perceptual_opt``; ``train.ema_decay`` > 0 adds an EMA.
+
+    Used for PSNR-oriented models (RRDB PSNR / RealESRNet-style MSE-SR).
+    """
+
+    def __init__(self, opt: dict, device: torch.device):
+        super().__init__(opt, device)
+        if self.is_train:
+            self._init_training()
+
+    def _init_training(self) -> None:
+        train_opt = self.opt['train']
+        self.net_g.train()
+        self.cri_pix = build_loss(train_opt['pixel_opt'], 'train.pixel_opt') if train_opt.get('pixel_opt') else None
+        self.cri_perceptual = (build_loss(train_opt['perceptual_opt'], 'train.perceptual_opt').to(self.device)
+                               if train_opt.get('perceptual_opt') else None)
+        if self.cri_pix is None and self.cri_perceptual is None:
+            raise ConfigError('train: SRModel needs train.pixel_opt or train.perceptual_opt')
+        params = [p for p in self.net_g.parameters() if p.requires_grad]
+        self.optimizer_g = build_optimizer(params, train_opt['optim_g'], 'train.optim_g')
+        self.optimizers = [self.optimizer_g]
+        self.scaler_g = self._make_scaler()
+        self._setup_schedules()
+
+    def optimize_parameters(self, current_iter: int) -> OrderedDict:
+        self.optimizer_g.zero_grad(set_to_none=True)
+        with self.autocast():
+            self.output = self.net_g(self.lq)
+        output = self.output.float()
+        loss_dict = OrderedDict()
+        l_total = 0
+        if self.cri_pix is not None:
+            loss_dict['l_pix'] = l_pix = self.cri_pix(output, self.gt)
+            l_total = l_total + l_pix
+        if self.cri_perceptual is not None:
+            l_percep, l_style = self.cri_perceptual(output, self.gt)
+            for name, value in (('l_percep', l_percep), ('l_style', l_style)):
+                if value is not None:
+                    loss_dict[name] = value
+                    l_total = l_total + value
+        self._step(l_total, self.optimizer_g, self.scaler_g)
+        if self.ema is not None:
+            self.ema.update(self.net_g.module if hasattr(self.net_g, 'module') else self.net_g)
+        return OrderedDict((k, v.detach()) for k, v in loss_dict.items())
