@@ -78,7 +78,6 @@ def train_pipeline(opt: dict) -> dict:
     logger.info('Device: %s, world size %d, seed %d', device, world_size, opt['manual_seed'])
 
     seed = opt['manual_seed']
-    set_random_seed(seed + rank)
     if opt.get('deterministic', False):
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -101,7 +100,9 @@ def train_pipeline(opt: dict) -> dict:
     # ---- model
     if resume_state is not None:  # the experiment folder holds the weights; pretrained files are not needed
         opt['path']['pretrain_network_g'] = opt['path']['pretrain_network_d'] = None
+    set_random_seed(seed)  # identical initial weights (and EMA copies) on every rank
     model = build_model(opt, device)
+    set_random_seed(seed + rank)  # then per-rank streams, as in BasicSR
     start_iter, epoch, iter_in_epoch = 0, 0, 0
     if resume_state is not None:
         start_iter = int(resume_state['iter'])

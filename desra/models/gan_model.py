@@ -202,3 +202,23 @@ class ESRGANModel(GANModel):
     """ESRGAN: the GAN model with the relativistic average GAN (RaGAN) loss by default."""
 
     relativistic_default = True
+
+
+@MODEL_REGISTRY.register()
+class ESRGANArtifactsDisModel(ESRGANModel):
+    """The ``model_type`` of LDL's synthetic option files: ESRGAN + the LDL artifact loss (``artifacts_opt``)."""
+
+
+@MODEL_REGISTRY.register()
+class RealESRGANModel(GANModel):
+    """Real-ESRGAN's ``model_type`` for *paired* data (``high_order_degradation: false``).
+
+    The on-the-fly second-order degradation of Real-ESRGAN is not part of this framework yet, so option files
+    that ask for it are rejected with a clear message instead of silently training on clean pairs.
+    """
+
+    def __init__(self, opt: dict, device: torch.device):
+        if opt.get('high_order_degradation', True) and opt.get('is_train', True):
+            raise ConfigError('high_order_degradation: Real-ESRGAN\'s on-the-fly degradation is not supported yet; '
+                              'set high_order_degradation: false and train on paired data (PairedImageDataset)')
+        super().__init__(opt, device)

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny real-PNG paired dataset and helpers to run the CLIs."""
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), 'shared')
+TINY_GAN_LDL = os.path.join(REPO, 'options', 'tiny', 'gan_ldl.yml')
+
+
+def make_paired_folder(root, n=8, lq_size=12, scale=4, seed=0):
+    """``n`` smooth random GT images (lq_size*scale square) and their x``scale`` area-downsampled LQ."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, 'HR'), exist_ok=True)
+    os.makedirs(os.path.join(root, 'LR'), exist_ok=True)
+    for i in range(n):
+        base = rng.integers(0, 256, (lq_size, lq_size, 3)).astype(np.uint8)
+        hr = cv2.resize(base, (lq_size * scale, lq_size * scale), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(os.path.join(root, 'HR', f'{i:04d}.png'), hr)
+        cv2.imwrite(os.path.join(root, 'LR', f'{i:04d}.png'),
+                    cv2.resize(hr, (lq_size, lq_size), interpolation=cv2.INTER_AREA))
+    return root
+
+
+@pytest.fixture(scope='session')
+def tiny_data(tmp_path_factory):
+    return make_paired_folder(str(tmp_path_factory.mktemp('tiny_data')))
+
+
+def data_overrides(data_root):
+    hr, lr = os.path.join(data_root, 'HR'), os.path.join(data_root, 'LR')
+    return [f'datasets:train:dataroot_gt={hr}', f'datasets:train:dataroot_lq={lr}',
+            f'datasets:val:dataroot_gt={hr}', f'datasets:val:dataroot_lq={lr}']
+
+
+def cli_env(extra_pythonpath=None):
+    paths = [REPO] + ([extra_pythonpath] if extra_pythonpath else [])
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(paths), 'OMP_NUM_THREADS': '1'}
+    return env
+
+
+def run_script(script, args, cwd, extra_pythonpath=None, timeout=300):
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=cli_env(extra_pythonpath))
