@@ -6,11 +6,20 @@ import sys
 from desra.errors import UserError
 
 
+def user_message(e: UserError) -> str:
+    """The error's own message, also when a DataLoader worker wrapped it with the worker's traceback."""
+    msg = str(e)
+    if 'Original Traceback' in msg:
+        last = msg.strip().splitlines()[-1]  # "desra.errors.DataError: <message>"
+        msg = last.split(': ', 1)[1] if ': ' in last else last
+    return msg
+
+
 def run_cli(main, argv=None) -> None:
     try:
         main(argv)
     except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {user_message(e)}', file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)

@@ -155,25 +155,23 @@ def _run_cli(script, args, cwd):
                           text=True, timeout=300, env={**os.environ, 'PYTHONPATH': REPO})
 
 
-def test_cli_user_error_is_one_line_without_traceback(tmp_path):
-    bad = yaml.safe_load(open(TINY))
-    bad['network_g']['type'] = 'RRDBNet_'
-    p = tmp_path / 'bad.yml'
-    p.write_text(yaml.safe_dump(bad))
-    out = _run_cli('train.py', ['-opt', str(p), '--force_yml', f'datasets:train:dataroot_gt={tmp_path}',
-                                f'datasets:train:dataroot_lq={tmp_path}'], tmp_path)
-    assert out.returncode == 2
-    assert 'Traceback' not in out.stderr
-    # the dataset is checked first here (empty folder), so fix that and check the network message separately
-    assert out.stderr.startswith('error: ')
+def test_cli_user_error_is_one_line_without_traceback(tmp_path, tiny_data):
+    from conftest import data_overrides
 
-    out = _run_cli('train.py', ['-opt', str(p), '--force_yml', 'train:total_iter=1=2'], tmp_path)
+    out = _run_cli('train.py', ['-opt', TINY, '--force_yml', 'network_g:type=RRDBNet_', *data_overrides(tiny_data)],
+                   tmp_path)
     assert out.returncode == 2 and 'Traceback' not in out.stderr
+    assert out.stderr.startswith("error: network_g.type: unknown arch type 'RRDBNet_'. Did you mean 'RRDBNet'? "
+                                 "Registered: ")
+
+    out = _run_cli('train.py', ['-opt', TINY, '--force_yml', 'train:optim_g:lr=fast'], tmp_path)
+    assert out.returncode == 2 and 'Traceback' not in out.stderr
+    assert out.stderr.strip() == "error: train.optim_g.lr: expected a number, got 'fast' (str)"
 
     out = _run_cli('train.py', ['-opt', str(tmp_path / 'missing.yml')], tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip() == f"error: option file not found: {tmp_path / 'missing.yml'}"
 
     out = _run_cli('train.py', ['-opt', TINY, '--force_yml', 'train:total_iter=[1'], tmp_path)
-    assert out.returncode == 2
+    assert out.returncode == 2 and 'Traceback' not in out.stderr
     assert out.stderr.startswith("error: --force_yml 'train:total_iter=[1': the value '[1' is not valid YAML")

@@ -228,3 +228,28 @@ def test_auto_resume_without_states_starts_fresh(tmp_path, tiny_data):
     assert out.returncode == 0, out.stderr
     assert 'Resumed' not in out.stdout
     shutil.rmtree(tmp_path / 'experiments')
+
+
+def test_corrupt_image_in_worker_is_named_without_traceback(tmp_path, tiny_data):
+    data = tmp_path / 'data'
+    shutil.copytree(tiny_data, data)
+    bad = data / 'HR' / '0003.png'
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated PNG
+    out = train(tmp_path, str(data), 'datasets:train:num_worker_per_gpu=1', 'train:total_iter=4')
+    assert out.returncode == 2 and 'Traceback' not in out.stderr, out.stderr
+    assert out.stderr.startswith('error: ') and str(bad) in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_gt_lq_size_mismatch_is_named(tmp_path, tiny_data):
+    import cv2
+    import numpy as np
+
+    data = tmp_path / 'data'
+    shutil.copytree(tiny_data, data)
+    cv2.imwrite(str(data / 'LR' / '0002.png'), np.zeros((10, 12, 3), np.uint8))
+    out = train(tmp_path, str(data), 'train:total_iter=8')
+    assert out.returncode == 2 and 'Traceback' not in out.stderr, out.stderr
+    msg = out.stderr.strip()
+    assert msg.startswith('error: ') and str(data / 'HR' / '0002.png') in msg and str(data / 'LR' / '0002.png') in msg
+    assert 'is 48x48 (HxW) but LQ' in msg and 'is 10x12 at scale 4: expected GT 40x48' in msg

@@ -219,6 +219,8 @@ class PairedImageDataset(data.Dataset):
 
         self.gt_folder = require_folder(opt, 'dataroot_gt', kp, 'ground-truth images')
         self.lq_folder = require_folder(opt, 'dataroot_lq', kp, 'low-quality input images')
+        if opt.get('meta_info') and not opt.get('meta_info_file'):  # Real-ESRGAN's paired-data key
+            self.opt = opt = {**opt, 'meta_info_file': opt['meta_info']}
         if opt.get('meta_info_file'):
             self.paths = self._paths_from_meta_info()
         else:

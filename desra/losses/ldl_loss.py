@@ -24,12 +24,19 @@ __all__ = ['ldl_artifact_map', 'LDLArtifactLoss']
 def _abs_residual(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``sum_c |a_c - b_c|`` as B x 1 x H x W, one channel at a time to keep a single temporary."""
     bsz, c, h, w = a.shape
-    out = torch.empty((bsz, 1, h, w), dtype=dtype, device=a.device)
-    torch.sub(a[:, :1], b[:, :1], out=out).abs_()
+    exact = a.dtype == b.dtype == dtype
+
+    def diff(i, buf):
+        if exact:
+            return torch.sub(a[:, i:i + 1], b[:, i:i + 1], out=buf)
+        # Subtract in ``dtype``: torch.sub on two half tensors would round the difference to half.
+        return buf.copy_(a[:, i:i + 1]).sub_(b[:, i:i + 1])
+
+    out = diff(0, torch.empty((bsz, 1, h, w), dtype=dtype, device=a.device)).abs_()
     if c > 1:
         tmp = torch.empty_like(out)
         for i in range(1, c):
-            out += torch.sub(a[:, i:i + 1], b[:, i:i + 1], out=tmp).abs_()
+            out += diff(i, tmp).abs_()
     return out
 
 
@@ -170,8 +177,8 @@ class _LDLArtifactMap(torch.autograd.Function):
         del res
 
         sgn = torch.sub(img_gt, img_sr).sign_().mul_(grad_res)  # dL/dgt; dL/dsr is its negation
-        grad_gt = sgn.to(img_gt.dtype) if need_gt else None
-        grad_sr = sgn.neg_().to(img_sr.dtype) if need_sr else None
+        grad_gt = sgn.to(img_gt.dtype) if need_gt else None  # may be ``sgn`` itself: no in-place below
+        grad_sr = (sgn.neg_() if not need_gt else -sgn).to(img_sr.dtype) if need_sr else None
         return grad_sr, grad_gt, None, None
 
 
