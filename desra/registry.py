@@ -89,7 +89,11 @@ class Registry:
                                       f"accepted: {', '.join(accepted)}")
         except (TypeError, ValueError):  # signature not introspectable: let the call decide
             pass
-        return cls(*args, **kwargs)
+        try:
+            return cls(*args, **kwargs)
+        except ValueError as e:
+            # constructor arguments come from the YAML: report a rejected value with its key path
+            raise ConfigError(f"{key_path}: {e}") from None
 
     def keys(self) -> list[str]:
         return sorted(self._obj_map)

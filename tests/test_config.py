@@ -175,3 +175,12 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path, tiny_data):
     out = _run_cli('train.py', ['-opt', TINY, '--force_yml', 'train:total_iter=[1'], tmp_path)
     assert out.returncode == 2 and 'Traceback' not in out.stderr
     assert out.stderr.startswith("error: --force_yml 'train:total_iter=[1': the value '[1' is not valid YAML")
+
+
+def test_constructor_value_errors_name_the_key_path():
+    import desra.losses  # noqa: F401
+    from desra.registry import LOSS_REGISTRY
+
+    with pytest.raises(ConfigError) as e:
+        LOSS_REGISTRY.build({'type': 'L1Loss', 'reduction': 'avg'}, 'train.pixel_opt')
+    assert str(e.value).startswith('train.pixel_opt: ') and "'avg'" in str(e.value)

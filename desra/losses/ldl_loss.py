@@ -157,7 +157,7 @@ class _LDLArtifactMap(torch.autograd.Function):
         g = grad_w.to(weight.dtype).masked_fill(mask, 0)
 
         # Sigma path. sum(g * M) = sum(g * W) / sigma because W = sigma * M wherever g is not masked.
-        gw = torch.bmm(g.view(bsz, 1, -1), weight.view(bsz, -1, 1)).view(bsz)
+        gw = torch.bmm(g.reshape(bsz, 1, -1), weight.reshape(bsz, -1, 1)).reshape(bsz)
         dvar = torch.where(var_img > 0, 0.2 * gw / var_img.clamp_min(torch.finfo(var_img.dtype).tiny),
                            torch.zeros_like(gw))
 

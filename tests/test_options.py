@@ -1,0 +1,67 @@
+"""The ready option files: valid, buildable with tiny shapes, and equal to the papers' settings."""
+import glob
+import os
+
+import pytest
+import torch
+
+from conftest import REPO
+from desra.config import finalize_options, load_yaml_file, validate_options
+from desra.models import build_model
+
+TRAIN_FILES = ['train_mse_x4.yml', 'train_ldl_x4.yml', 'demo_ldl_finetune.yml', 'tiny/gan_ldl.yml']
+
+
+@pytest.mark.parametrize('name', sorted(os.path.relpath(p, os.path.join(REPO, 'options'))
+                                        for p in glob.glob(os.path.join(REPO, 'options', '**', '*.yml'),
+                                                           recursive=True)))
+def test_every_option_file_validates(name):
+    opt = load_yaml_file(os.path.join(REPO, 'options', name))
+    validate_options(opt, is_train=name.replace('tiny/', '').startswith(('train', 'demo', 'gan')))
+
+
+def test_ldl_x4_matches_ldl_md():
+    opt = load_yaml_file(os.path.join(REPO, 'options', 'train_ldl_x4.yml'))
+    assert opt['network_g'] == {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 64, 'num_block': 23,
+                                'num_grow_ch': 32}
+    assert opt['network_d'] == {'type': 'VGGStyleDiscriminator', 'num_in_ch': 3, 'num_feat': 64, 'input_size': 128}
+    assert opt['datasets']['train']['gt_size'] == 128 and opt['datasets']['train']['batch_size_per_gpu'] == 16
+    t = opt['train']
+    assert t['total_iter'] == 300000 and t['ema_decay'] == 0.999
+    for key in ('optim_g', 'optim_d'):
+        assert (t[key]['type'], t[key]['lr'], t[key]['betas']) == ('Adam', 1e-4, [0.9, 0.99])
+    assert (t['pixel_opt']['type'], t['pixel_opt']['loss_weight']) == ('L1Loss', 1e-2)
+    assert (t['artifacts_opt']['type'], t['artifacts_opt']['loss_weight']) == ('LDLArtifactLoss', 1.0)
+    assert t['perceptual_opt']['layer_weights'] == {'conv1_2': 0.1, 'conv2_2': 0.1, 'conv3_4': 1, 'conv4_4': 1,
+                                                    'conv5_4': 1}
+    assert (t['perceptual_opt']['perceptual_weight'], t['perceptual_opt']['criterion']) == (1.0, 'l1')
+    assert (t['gan_opt']['gan_type'], t['gan_opt']['loss_weight']) == ('vanilla', 5e-3)
+    assert opt['model_type'] == 'ESRGANModel'  # relativistic GAN, as the ESRGAN model LDL builds on
+    assert opt['path']['pretrain_network_g'].endswith('ESRGAN_PSNR_SRx4_DF2K_official-150ff491.pth')
+
+
+@pytest.mark.parametrize('name', TRAIN_FILES)
+def test_train_option_files_build_with_tiny_shapes(name, tiny_data):
+    opt = load_yaml_file(os.path.join(REPO, 'options', name))
+    opt['is_train'] = True
+    opt['network_g'].update(num_feat=8, num_block=1, num_grow_ch=4)
+    if 'network_d' in opt:
+        opt['network_d']['num_feat'] = 8
+    opt['path']['pretrain_network_g'] = None
+    if 'perceptual_opt' in opt['train']:
+        opt['train']['perceptual_opt']['weights'] = 'random'  # no VGG download in tests
+    for ds in opt['datasets'].values():
+        ds['dataroot_gt'], ds['dataroot_lq'] = os.path.join(tiny_data, 'HR'), os.path.join(tiny_data, 'LR')
+    finalize_options(opt)
+    model = build_model(opt, torch.device('cpu'))
+    gt = opt['datasets']['train']['gt_size']
+    gt = min(gt, 48) if opt['network_d' if 'network_d' in opt else 'network_g']['type'] != 'VGGStyleDiscriminator' \
+        else gt
+    model.feed_data({'lq': torch.rand(1, 3, gt // 4, gt // 4), 'gt': torch.rand(1, 3, gt, gt)})
+    losses = model.optimize_parameters(1)
+    assert all(torch.isfinite(v) for v in losses.values())
+    expected = {'train_mse_x4.yml': {'l_pix'},
+                'train_ldl_x4.yml': {'l_g_pix', 'l_g_artifacts', 'l_g_percep', 'l_g_gan', 'l_d_real', 'l_d_fake',
+                                     'out_d_real', 'out_d_fake'}}
+    if name in expected:
+        assert set(losses) == expected[name]
