@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from desra.config import apply_force_yml, load_yaml_file, parse_options, validate_options, yaml_load
 from desra.errors import ConfigError

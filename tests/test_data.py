@@ -300,7 +300,7 @@ def test_paired_construction_errors(tmp_path):
     empty = tmp_path / 'empty'
     empty.mkdir()
     (empty / 'readme.txt').write_text('no images')
-    with pytest.raises(DataError, match=re.escape(f'datasets.train.dataroot_lq: no image files (.png')) as e:
+    with pytest.raises(DataError, match=re.escape('datasets.train.dataroot_lq: no image files (.png')) as e:
         PairedImageDataset(_opt(gt_dir, empty))
     assert str(empty) in str(e.value)
     with pytest.raises(ConfigError, match=r'datasets\.train\.dataroot_gt: missing required key'):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY_GAN_LDL, make_paired_folder, run_script
+from conftest import TINY_GAN_LDL, make_paired_folder, run_script
 from desra.config import finalize_options, load_yaml_file
 from desra.data.sampler import ResumableSampler
 from desra.engine.lr_scheduler import LRSchedule

@@ -197,14 +197,14 @@ def test_ddp_two_processes_match_one_process(tmp_path, tiny_data):
     g1 = torch.load(one / 'experiments' / 'tiny' / 'models' / 'net_g_20.pth', weights_only=True)
     g2 = torch.load(two / 'experiments' / 'tiny' / 'models' / 'net_g_20.pth', weights_only=True)
     worst = max((g1['params'][k] - g2['params'][k]).abs().max().item() for k in g1['params'])
+    print(f'DDP 2x2 vs 1x4: max |param diff| after 20 iterations = {worst:.3e}')
     assert worst <= 1e-5, worst
-    # and training really moved the weights (so the comparison is not trivially equal)
-    first = torch.load(one / 'experiments' / 'tiny' / 'models' / 'net_g_20.pth', weights_only=True)['params']
     l1, l2 = read_losses(one / 'experiments' / 'tiny'), read_losses(two / 'experiments' / 'tiny')
     for it in (1, 10, 20):
         for k in l1[it]:
             assert l1[it][k] == pytest.approx(l2[it][k], rel=1e-4, abs=1e-6), (it, k)
-    assert first is not None
+    # and training really moved the weights, so the equality above is not trivial
+    assert l1[1]['l_g_pix'] != l1[20]['l_g_pix']
 
 
 def test_missing_dataset_folder_message(tmp_path, tiny_data):

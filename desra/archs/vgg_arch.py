@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from desra.archs.checkpoint_io import read_checkpoint
 from desra.errors import CheckpointError
 from desra.registry import ARCH_REGISTRY
 
@@ -183,17 +184,7 @@ def load_vgg_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Accepts a plain state dict (torchvision's files), a dict wrapping one under ``params`` /
     ``state_dict`` / ``model``, and keys prefixed with ``module.``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'{path}: VGG weight file not found')
-    try:
-        if path.suffix == '.safetensors':
-            from safetensors.torch import load_file
-            sd = load_file(str(path), device='cpu')
-        else:
-            sd = torch.load(str(path), map_location='cpu', weights_only=True)
-    except Exception as e:  # noqa: BLE001  (any read failure is a bad file from the user's point of view)
-        raise CheckpointError(f'{path}: cannot read VGG weights ({type(e).__name__}: {e})') from None
+    sd = read_checkpoint(path)
     if isinstance(sd, Mapping) and not any(str(k).startswith(('features.', 'module.')) for k in sd):
         for wrap in ('params', 'state_dict', 'model'):
             if isinstance(sd.get(wrap), Mapping):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 import zlib
 from typing import Sequence
 
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from desra.atomic import atomic_open
 from desra.errors import DataError
 
 __all__ = ['IMG_EXTENSIONS', 'is_image_file', 'imfrombytes', 'imread', 'imwrite_atomic', 'imwrite',
@@ -169,38 +169,14 @@ def imwrite_atomic(img: np.ndarray, path: str | os.PathLike, params: Sequence[in
                         f'{getattr(img, "dtype", None)}): {str(e).strip()}') from None
     if not ok:
         raise DataError(f'cannot encode image for {path}: OpenCV refused the format {ext!r}')
-    if auto_mkdir:
-        os.makedirs(folder, exist_ok=True)
-    tmp = None
+    if not auto_mkdir and not os.path.isdir(folder):
+        raise DataError(f'cannot write image {path}: folder does not exist')
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=folder)
-        with os.fdopen(fd, 'wb') as f:
+        with atomic_open(path) as f:
             f.write(buf.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
     except OSError as e:
         raise DataError(f'cannot write image {path}: {e.strerror or e}') from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(folder)
     return True
-
-
-def _fsync_dir(folder: str) -> None:
-    # Makes the rename itself durable on POSIX; directories cannot be opened this way on Windows.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 #: BasicSR name for the same function.

@@ -9,57 +9,17 @@ from __future__ import annotations
 import glob
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 
-from desra.errors import CheckpointError
+from desra.atomic import atomic_open
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash or exception mid-write leaves any previous ``path`` untouched (and removes the
-    temporary file when it can).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def load_torch_file(path: str, what: str = 'checkpoint') -> dict:
-    """``torch.load(weights_only=True)`` on CPU with a :class:`CheckpointError` naming the file."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{what} not found: {path}")
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # noqa: BLE001  (corrupt, truncated or unsafe pickle)
-        raise CheckpointError(f"cannot read {what} {path}: {type(e).__name__}: {e}") from None
+    """``torch.save`` through :func:`desra.atomic.atomic_open`: an interrupted write never replaces ``path``."""
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def list_training_states(state_dir: str) -> list[int]:

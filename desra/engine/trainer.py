@@ -20,8 +20,8 @@ from tqdm import tqdm
 from desra.config import dump_yaml
 from desra.data.build import build_dataset, build_eval_loader, build_train_loader
 from desra.engine import dist as dist_utils
-from desra.engine.checkpoint import (atomic_torch_save, capture_rng_state, find_latest_state, load_torch_file,
-                                     restore_rng_state)
+from desra.archs.checkpoint_io import read_checkpoint
+from desra.engine.checkpoint import atomic_torch_save, capture_rng_state, find_latest_state, restore_rng_state
 from desra.engine.logger import LossRecord, MessageLogger, get_root_logger, init_tb_logger
 from desra.engine.validation import validate
 from desra.errors import TrainingDivergedError
@@ -66,7 +66,7 @@ def train_pipeline(opt: dict) -> dict:
     train_opt = opt['train']
 
     resume_path = resolve_resume_state(opt)
-    resume_state = load_torch_file(resume_path, 'training state') if resume_path else None
+    resume_state = read_checkpoint(resume_path) if resume_path else None
     if rank == 0:
         _prepare_experiment_folders(opt, resuming=resume_state is not None)
     dist_utils.barrier()

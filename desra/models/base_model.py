@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from desra.engine.checkpoint import atomic_torch_save, load_torch_file
+from desra.engine.checkpoint import atomic_torch_save
 from desra.engine.lr_scheduler import LRSchedule
 from desra.errors import ConfigError
 from desra.registry import ARCH_REGISTRY, LOSS_REGISTRY
@@ -93,9 +93,9 @@ class BaseModel:
             self.ema = ModelEMA(self.net_g, train_opt['ema_decay'])
             if path.get('pretrain_network_g'):
                 # BasicSR: an official checkpoint's params_ema seeds the EMA; otherwise it starts as G
-                ckpt = load_torch_file(path['pretrain_network_g'], 'path.pretrain_network_g') \
-                    if path['pretrain_network_g'].endswith('.pth') else {}
-                if isinstance(ckpt, dict) and 'params_ema' in ckpt:
+                from desra.archs.checkpoint_io import read_checkpoint
+
+                if 'params_ema' in read_checkpoint(path['pretrain_network_g']):
                     load_pretrained(self.ema.module, path['pretrain_network_g'], 'params_ema',
                                     path.get('strict_load_g', True), 'path.pretrain_network_g')
 

@@ -13,18 +13,18 @@ The DeSRA fine-tune is this model fed a pseudo-GT paired dataset; there is no se
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import torch
 
 from desra.errors import ConfigError
+from desra.losses.gan_loss import relativistic_gan_terms
 from desra.losses.ldl_loss import LDLArtifactLoss
 from desra.models.base_model import (BaseModel, _cpu_state, build_loss, build_network, build_optimizer,
                                      load_pretrained, unwrap)
 from desra.engine.checkpoint import atomic_torch_save
 from desra.registry import MODEL_REGISTRY
-
-import os
 
 
 @MODEL_REGISTRY.register()
@@ -137,9 +137,7 @@ class GANModel(BaseModel):
             if self.relativistic:
                 with torch.no_grad(), self.autocast():
                     real_d_pred = net_d_raw(self.gt).float()
-                l_g_real = self.cri_gan(real_d_pred - fake_g_pred.mean(), False, is_disc=False)
-                l_g_fake = self.cri_gan(fake_g_pred - real_d_pred.mean(), True, is_disc=False)
-                loss_dict['l_g_gan'] = l = (l_g_real + l_g_fake) / 2
+                loss_dict['l_g_gan'] = l = relativistic_gan_terms(self.cri_gan, real_d_pred, fake_g_pred).total
             else:
                 loss_dict['l_g_gan'] = l = self.cri_gan(fake_g_pred, True, is_disc=False)
             l_g_total = l_g_total + l
@@ -151,6 +149,8 @@ class GANModel(BaseModel):
         self.optimizer_d.zero_grad(set_to_none=True)
         fake_input = self.output.detach().clone()
         if self.relativistic:
+            # BasicSR's order: one backward per forward (DDP cannot take two forwards into one backward);
+            # the terms are those of relativistic_gan_terms(..., is_disc=True)
             with torch.no_grad(), self.autocast():
                 fake_d_pred = net_d_raw(fake_input).float()
             with self.autocast():
