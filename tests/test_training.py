@@ -253,3 +253,16 @@ def test_gt_lq_size_mismatch_is_named(tmp_path, tiny_data):
     msg = out.stderr.strip()
     assert msg.startswith('error: ') and str(data / 'HR' / '0002.png') in msg and str(data / 'LR' / '0002.png') in msg
     assert 'is 48x48 (HxW) but LQ' in msg and 'is 10x12 at scale 4: expected GT 40x48' in msg
+
+
+def test_losses_do_not_depend_on_worker_count(tmp_path, tiny_data):
+    """Augmentations are seeded per sample, so 0 or 2 loader workers give the very same training run."""
+    runs = {}
+    for workers in (0, 2):
+        d = tmp_path / f'w{workers}'
+        d.mkdir()
+        out = train(d, tiny_data, 'train:total_iter=6', 'val:val_freq=1000',
+                    f'datasets:train:num_worker_per_gpu={workers}')
+        assert out.returncode == 0, out.stderr
+        runs[workers] = read_losses(d / 'experiments' / 'tiny')
+    assert runs[0] == runs[2]

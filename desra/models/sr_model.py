@@ -6,7 +6,7 @@ from collections import OrderedDict
 import torch
 
 from desra.errors import ConfigError
-from desra.models.base_model import BaseModel, build_loss, build_optimizer
+from desra.models.base_model import BaseModel, build_loss, build_optimizer, unwrap
 from desra.registry import MODEL_REGISTRY
 
 
@@ -54,5 +54,5 @@ class SRModel(BaseModel):
                     l_total = l_total + value
         self._step(l_total, self.optimizer_g, self.scaler_g)
         if self.ema is not None:
-            self.ema.update(self.net_g.module if hasattr(self.net_g, 'module') else self.net_g)
+            self.ema.update(unwrap(self.net_g))
         return OrderedDict((k, v.detach()) for k, v in loss_dict.items())
