@@ -95,11 +95,12 @@ def apply_force_yml(opt: dict, overrides: list[str] | None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- validation
-_NUM = (int, float)
+NUMBER = (int, float)
 
 
-class _Spec:
-    """Expected type of one option: python types, required flag, and nested specs."""
+class Spec:
+    """Expected type of one option: python types, required flag, nested specs (``children``), and a spec for
+    every other child of a mapping (``any_child``)."""
 
     def __init__(self, types, required=False, children=None, any_child=None, name=None):
         self.types = types if isinstance(types, tuple) else (types,)
@@ -126,7 +127,8 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _check(value, spec: _Spec, path: str) -> None:
+def check_schema(value, spec: Spec, path: str) -> None:
+    """Raise :class:`ConfigError` naming the key path of the first missing or mistyped option under ``path``."""
     ok = isinstance(value, spec.types)
     if isinstance(value, bool) and bool not in spec.types:
         ok = False  # True is an int in Python, but not an acceptable iteration count
@@ -140,83 +142,83 @@ def _check(value, spec: _Spec, path: str) -> None:
                     raise ConfigError(f"{_join(path, key)}: missing required key "
                                       f"(expected {_type_name(child.types)})")
                 continue
-            _check(value[key], child, _join(path, key))
+            check_schema(value[key], child, _join(path, key))
         if spec.any_child is not None:
             for key, v in value.items():
                 if key not in spec.children:
-                    _check(v, spec.any_child, _join(path, key))
+                    check_schema(v, spec.any_child, _join(path, key))
 
 
 def _typed(required=False):
     """A ``{type: Name, ...}`` block (network, loss, optimizer, scheduler)."""
-    return _Spec(dict, required, {'type': _Spec(str, True)})
+    return Spec(dict, required, {'type': Spec(str, True)})
 
 
 _LOSS = _typed()
-_DATASET = _Spec(dict, False, {
-    'type': _Spec(str, True), 'name': _Spec(str), 'dataroot_gt': _Spec((str, list)),
-    'dataroot_lq': _Spec((str, list)), 'meta_info_file': _Spec((str, type(None))),
-    'gt_size': _Spec(int), 'use_hflip': _Spec(bool), 'use_rot': _Spec(bool),
-    'num_worker_per_gpu': _Spec(int), 'batch_size_per_gpu': _Spec(int), 'dataset_enlarge_ratio': _Spec(int),
-    'io_backend': _Spec(dict, False, {'type': _Spec(str, True)}),
+_DATASET = Spec(dict, False, {
+    'type': Spec(str, True), 'name': Spec(str), 'dataroot_gt': Spec((str, list)),
+    'dataroot_lq': Spec((str, list)), 'meta_info_file': Spec((str, type(None))),
+    'gt_size': Spec(int), 'use_hflip': Spec(bool), 'use_rot': Spec(bool),
+    'num_worker_per_gpu': Spec(int), 'batch_size_per_gpu': Spec(int), 'dataset_enlarge_ratio': Spec(int),
+    'io_backend': Spec(dict, False, {'type': Spec(str, True)}),
 })
 
-_TRAIN_SCHEMA = _Spec(dict, True, {
-    'name': _Spec(str, True),
-    'model_type': _Spec(str, True),
-    'scale': _Spec(int, True),
-    'num_gpu': _Spec((int, str)),
-    'manual_seed': _Spec(int),
-    'import_modules': _Spec(list),
-    'datasets': _Spec(dict, True, {'train': _Spec(dict, True, _DATASET.children)}, any_child=_DATASET),
+_TRAIN_SCHEMA = Spec(dict, True, {
+    'name': Spec(str, True),
+    'model_type': Spec(str, True),
+    'scale': Spec(int, True),
+    'num_gpu': Spec((int, str)),
+    'manual_seed': Spec(int),
+    'import_modules': Spec(list),
+    'datasets': Spec(dict, True, {'train': Spec(dict, True, _DATASET.children)}, any_child=_DATASET),
     'network_g': _typed(True),
     'network_d': _typed(),
-    'path': _Spec(dict, False, {
-        'pretrain_network_g': _Spec((str, type(None))), 'param_key_g': _Spec(str), 'strict_load_g': _Spec(bool),
-        'pretrain_network_d': _Spec((str, type(None))), 'param_key_d': _Spec(str), 'strict_load_d': _Spec(bool),
-        'resume_state': _Spec((str, type(None))), 'experiments_root': _Spec(str),
+    'path': Spec(dict, False, {
+        'pretrain_network_g': Spec((str, type(None))), 'param_key_g': Spec(str), 'strict_load_g': Spec(bool),
+        'pretrain_network_d': Spec((str, type(None))), 'param_key_d': Spec(str), 'strict_load_d': Spec(bool),
+        'resume_state': Spec((str, type(None))), 'experiments_root': Spec(str),
     }),
-    'train': _Spec(dict, True, {
-        'total_iter': _Spec(int, True),
-        'warmup_iter': _Spec(int),
-        'ema_decay': _Spec(_NUM),
-        'optim_g': _Spec(dict, True, {'type': _Spec(str, True), 'lr': _Spec(_NUM, True),
-                                      'weight_decay': _Spec(_NUM), 'betas': _Spec(list)}),
-        'optim_d': _Spec(dict, False, {'type': _Spec(str, True), 'lr': _Spec(_NUM, True),
-                                       'weight_decay': _Spec(_NUM), 'betas': _Spec(list)}),
-        'scheduler': _Spec(dict, False, {'type': _Spec(str, True)}),
-        'net_d_iters': _Spec(int), 'net_d_init_iters': _Spec(int),
-        'use_amp': _Spec(bool), 'amp_dtype': _Spec(str),
+    'train': Spec(dict, True, {
+        'total_iter': Spec(int, True),
+        'warmup_iter': Spec(int),
+        'ema_decay': Spec(NUMBER),
+        'optim_g': Spec(dict, True, {'type': Spec(str, True), 'lr': Spec(NUMBER, True),
+                                      'weight_decay': Spec(NUMBER), 'betas': Spec(list)}),
+        'optim_d': Spec(dict, False, {'type': Spec(str, True), 'lr': Spec(NUMBER, True),
+                                       'weight_decay': Spec(NUMBER), 'betas': Spec(list)}),
+        'scheduler': Spec(dict, False, {'type': Spec(str, True)}),
+        'net_d_iters': Spec(int), 'net_d_init_iters': Spec(int),
+        'use_amp': Spec(bool), 'amp_dtype': Spec(str),
     }),
-    'val': _Spec(dict, False, {'val_freq': _Spec(_NUM), 'save_img': _Spec(bool), 'metrics': _Spec(dict)}),
-    'logger': _Spec(dict, False, {'print_freq': _Spec(int), 'save_checkpoint_freq': _Spec(_NUM),
-                                  'use_tb_logger': _Spec(bool)}),
-    'dist_params': _Spec(dict, False, {'backend': _Spec(str), 'port': _Spec(int)}),
+    'val': Spec(dict, False, {'val_freq': Spec(NUMBER), 'save_img': Spec(bool), 'metrics': Spec(dict)}),
+    'logger': Spec(dict, False, {'print_freq': Spec(int), 'save_checkpoint_freq': Spec(NUMBER),
+                                  'use_tb_logger': Spec(bool)}),
+    'dist_params': Spec(dict, False, {'backend': Spec(str), 'port': Spec(int)}),
 })
 
-_TEST_SCHEMA = _Spec(dict, True, {
-    'name': _Spec(str, True),
-    'model_type': _Spec(str),
-    'scale': _Spec(int, True),
-    'num_gpu': _Spec((int, str)),
-    'import_modules': _Spec(list),
-    'datasets': _Spec(dict, True, any_child=_DATASET),
+_TEST_SCHEMA = Spec(dict, True, {
+    'name': Spec(str, True),
+    'model_type': Spec(str),
+    'scale': Spec(int, True),
+    'num_gpu': Spec((int, str)),
+    'import_modules': Spec(list),
+    'datasets': Spec(dict, True, any_child=_DATASET),
     'network_g': _typed(True),
-    'path': _Spec(dict, False, {'pretrain_network_g': _Spec((str, type(None))), 'param_key_g': _Spec(str),
-                                'strict_load_g': _Spec(bool)}),
-    'val': _Spec(dict, False, {'save_img': _Spec(bool), 'metrics': _Spec(dict)}),
+    'path': Spec(dict, False, {'pretrain_network_g': Spec((str, type(None))), 'param_key_g': Spec(str),
+                                'strict_load_g': Spec(bool)}),
+    'val': Spec(dict, False, {'save_img': Spec(bool), 'metrics': Spec(dict)}),
 })
 
 
 def _check_losses(train: dict) -> None:
     for key, value in train.items():
         if key.endswith('_opt') and value is not None:
-            _check(value, _LOSS, f"train.{key}")
+            check_schema(value, _LOSS, f"train.{key}")
 
 
 def validate_options(opt: dict, is_train: bool = True) -> None:
     """Raise :class:`ConfigError` naming the key path of the first missing or mistyped option."""
-    _check(opt, _TRAIN_SCHEMA if is_train else _TEST_SCHEMA, '')
+    check_schema(opt, _TRAIN_SCHEMA if is_train else _TEST_SCHEMA, '')
     if is_train:
         _check_losses(opt['train'])
         freq = opt.get('val', {}) or {}

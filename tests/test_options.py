@@ -17,7 +17,12 @@ TRAIN_FILES = ['train_mse_x4.yml', 'train_ldl_x4.yml', 'demo_ldl_finetune.yml', 
                                                            recursive=True)))
 def test_every_option_file_validates(name):
     opt = load_yaml_file(os.path.join(REPO, 'options', name))
-    validate_options(opt, is_train=name.replace('tiny/', '').startswith(('train', 'demo', 'gan')))
+    if os.path.basename(name).startswith('detect'):
+        from desra.detection.pipeline import validate_detect_options
+
+        validate_detect_options(opt)
+    else:
+        validate_options(opt, is_train=name.replace('tiny/', '').startswith(('train', 'demo', 'gan')))
 
 
 def test_ldl_x4_matches_ldl_md():

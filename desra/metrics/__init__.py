@@ -10,11 +10,16 @@ import copy
 from desra.metrics.color import bgr2ycbcr, rgb2ycbcr, rgb2ycbcr_pt, to_y_channel, ycbcr2bgr, ycbcr2rgb  # noqa: F401
 from desra.metrics.psnr_ssim import (calculate_psnr, calculate_psnr_pt, calculate_ssim,  # noqa: F401
                                      calculate_ssim_pt)
+from desra.metrics.artifact_metrics import (artifact_metrics, load_mask, mask_iou,  # noqa: F401
+                                            region_precision_counts, region_recall_counts, removal_addition_rates)
+from desra.metrics.niqe import calculate_niqe, niqe_map  # noqa: F401
 from desra.errors import ConfigError
 from desra.registry import METRIC_REGISTRY
 
 __all__ = ['calculate_metric', 'calculate_psnr', 'calculate_ssim', 'calculate_psnr_pt', 'calculate_ssim_pt',
-           'bgr2ycbcr', 'rgb2ycbcr', 'rgb2ycbcr_pt', 'ycbcr2bgr', 'ycbcr2rgb', 'to_y_channel']
+           'bgr2ycbcr', 'rgb2ycbcr', 'rgb2ycbcr_pt', 'ycbcr2bgr', 'ycbcr2rgb', 'to_y_channel', 'artifact_metrics',
+           'load_mask', 'mask_iou', 'region_precision_counts', 'region_recall_counts', 'removal_addition_rates',
+           'calculate_niqe', 'niqe_map']
 
 
 def calculate_metric(data: dict, opt: dict, key_path: str = 'val.metrics'):
