@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from desra.engine import dist as dist_utils
-from desra.registry import METRIC_REGISTRY
 
 logger = logging.getLogger('desra')
 
@@ -20,17 +19,16 @@ def compute_metrics(metrics_opt: dict, sr: torch.Tensor, gt: torch.Tensor, sr_im
     Metrics whose type ends in ``_pt`` take B x C x H x W tensors in [0, 1]; the others take the uint8
     HWC BGR images (BasicSR's convention).
     """
-    import desra.metrics  # noqa: F401  (registers the built-in metrics)
+    from desra.metrics import calculate_metric
 
     results = {}
     for name, m_opt in metrics_opt.items():
-        m_opt = dict(m_opt)
-        fn = METRIC_REGISTRY.get(m_opt.pop('type', None), f'{key_path}.{name}.type')
-        if fn.__name__.endswith('_pt'):
-            value = fn(sr, gt, **m_opt)
+        key = f'{key_path}.{name}'
+        if str(m_opt.get('type', '')).endswith('_pt'):
+            value = calculate_metric({'img': sr, 'img2': gt}, m_opt, key)
             value = float(value.mean()) if torch.is_tensor(value) else float(value)
         else:
-            value = float(fn(sr_img, gt_img, **m_opt))
+            value = float(calculate_metric({'img': sr_img, 'img2': gt_img}, m_opt, key))
         results[name] = value
     return results
 
