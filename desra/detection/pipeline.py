@@ -302,9 +302,10 @@ def detect_pipeline(opt: dict) -> dict:
                                    tile_pad=opt.get('tile_pad', 10), mod_pad=getattr(net, 'mod_pad', 1))
                 # rounded to uint8 as saved SR images are, so mode (a) and mode (b) see the same numbers
                 srs.append((sr.float().clamp(0, 1) * 255).round().permute(0, 2, 3, 1).cpu().numpy()[..., ::-1])
+            labels = _segment(segmenter, list(srs[1]), device)
             for i, name in enumerate(batch):
-                records.append(_detect_one(name, srs[0][i], srs[1][i], {'lr': lr_images[name]}, detector,
-                                           segmenter, class_weights, writer, artifact_low, device))
+                records.append(_detect_one(name, srs[0][i], srs[1][i], labels[i], {'lr': lr_images[name]},
+                                           detector, class_weights, writer, artifact_low))
                 progress.update(1)
     else:
         for name in todo:
@@ -313,8 +314,9 @@ def detect_pipeline(opt: dict) -> dict:
                 raise DataError(f"MSE-SR {mse_paths[name]} is {mse.shape[1]}x{mse.shape[0]} but GAN-SR "
                                 f"{gan_paths[name]} is {gan.shape[1]}x{gan.shape[0]} (WxH); the pair must match")
             sources = {'mse_sr': mse_paths[name], 'gan_sr': gan_paths[name]}
-            records.append(_detect_one(name, mse, gan, sources, detector, segmenter, class_weights, writer,
-                                       artifact_low, device))
+            labels = _segment(segmenter, [gan], device)[0]
+            records.append(_detect_one(name, mse, gan, labels, sources, detector, class_weights, writer,
+                                       artifact_low))
             progress.update(1)
     progress.close()
     dist_utils.barrier()
@@ -336,12 +338,18 @@ def _is_none_segmenter(segmenter) -> bool:
     return type(segmenter).__name__ == 'NoSegmenter'
 
 
-def _detect_one(name, mse, gan, sources, detector, segmenter, class_weights, writer, artifact_low, device):
-    labels = None
-    if segmenter is not None:
-        rgb = torch.from_numpy(np.ascontiguousarray(gan[..., ::-1]) / 255.0).permute(2, 0, 1)[None].float()
-        out = segmenter(rgb.to(device))
-        labels = None if out is None else np.asarray(out[0].cpu().numpy() if torch.is_tensor(out) else out[0])
+def _segment(segmenter, gans: list[np.ndarray], device) -> list:
+    """Label maps of GAN-SR images (H x W x 3 BGR, uint8 range), one segmenter call for the whole batch."""
+    if segmenter is None:
+        return [None] * len(gans)
+    rgb = torch.from_numpy(np.stack([g[..., ::-1] for g in gans]) / 255.0).permute(0, 3, 1, 2).float()
+    out = segmenter(rgb.to(device))
+    if out is None:
+        return [None] * len(gans)
+    return [np.asarray(o.cpu().numpy() if torch.is_tensor(o) else o) for o in out]
+
+
+def _detect_one(name, mse, gan, labels, sources, detector, class_weights, writer, artifact_low):
     mask, maps = detector(mse, gan, labels=labels, class_weights=class_weights)
     mask = np.asarray(mask, np.uint8)
     maps = {k: (v.cpu().numpy() if torch.is_tensor(v) else v) for k, v in (maps or {}).items()}
