@@ -283,3 +283,30 @@ def test_realesrgan_topology_is_checked(pypi_wheels):
     lines[i] = lines[i].replace(' 9=2 -23310=1,2.000000e-01', '')
     with pytest.raises(CheckpointError, match=r'body\.0\.rdb1\.conv1.*LeakyReLU'):
         realesrgan_state_dict_from_ncnn('\n'.join(lines) + '\n', data)
+
+
+@pytest.mark.parametrize('name', ['spanx4_ch48', 'RealESRGAN_x4plus'])
+def test_converted_model_output_equals_shared_weights_model(built, name):
+    """The converted checkpoint, run through our arch on a fixed real LR crop, equals the shared-weights model."""
+    import cv2
+
+    from desra.archs.checkpoint_io import load_network_weights
+    from desra.registry import ARCH_REGISTRY
+    import desra.archs  # noqa: F401
+
+    out, _ = built
+    spec = PYPI_MODELS[name]
+    ref = os.path.join(SHARED_WEIGHTS, spec['file'])
+    lr_path = os.path.join(os.path.dirname(SHARED_WEIGHTS), 'data', 'photos', 'LR', 'butterfly.png')
+    if not (os.path.isfile(ref) and os.path.isfile(lr_path)):
+        pytest.skip('shared weights or photos not present')
+    crop = cv2.imread(lr_path)[8:40, 16:48, ::-1].copy()  # a fixed 32x32 LR crop, RGB
+    x = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255
+    outputs = []
+    for path in (os.path.join(out, spec['file']), ref):
+        net = ARCH_REGISTRY.build({'type': spec['arch'], **spec['kwargs']}, 'network_g').eval()
+        load_network_weights(net, path, param_key=None)
+        with torch.no_grad():
+            outputs.append(net(x))
+    assert outputs[0].shape == (1, 3, 128, 128)
+    assert torch.equal(outputs[0], outputs[1])
