@@ -192,6 +192,7 @@ _TRAIN_SCHEMA = Spec(dict, True, {
     }),
     'val': Spec(dict, False, {'val_freq': Spec(NUMBER), 'save_img': Spec(bool), 'metrics': Spec(dict)}),
     'logger': Spec(dict, False, {'print_freq': Spec(int), 'save_checkpoint_freq': Spec(NUMBER),
+                                 'save_checkpoint_iters': Spec(list),
                                   'use_tb_logger': Spec(bool)}),
     'dist_params': Spec(dict, False, {'backend': Spec(str), 'port': Spec(int)}),
 })

@@ -17,34 +17,50 @@ td.name { text-align: left; font-family: monospace; max-width: 180px; word-break
 """
 
 
-def write_gallery(root: str, records: list[dict], title: str = 'DeSRA detections', overlays: bool = True) -> str:
-    """Write ``root/index.html`` (atomically) from the per-image records; image links are relative."""
+DETECTION_COLUMNS = [('LR', 'lr'), ('MSE-SR', 'mse_sr'), ('GAN-SR', 'gan_sr'), ('D', 'd_map'),
+                     ('GAN-SR + artifacts (red)', 'overlay')]
+
+
+def area_cell(r: dict) -> str:
+    pct = 100 * r['artifact_fraction']
+    cls = ' class="big"' if pct >= 1 else ''
+    return f'<td{cls}>{pct:.2f}%<br>{r["artifact_pixels"]:,} px<br>{r["regions"]} region(s)</td>'
+
+
+def write_gallery(root: str, records: list[dict], title: str = 'DeSRA detections', overlays: bool = True,
+                  columns: list[tuple[str, str]] | None = None, info=area_cell, info_title: str = 'artifact area',
+                  intro: str | None = None, sort_key=lambda r: -r['artifact_fraction']) -> str:
+    """Write ``root/index.html`` (atomically): one row per record, one picture column per ``(title, key)``.
+
+    Image links are relative to ``root``; a column whose files exist for no record (e.g. LR in mode (b)) is
+    left out. ``info(record)`` renders the text cell after the name.
+    """
     def cell(path):
         if not path or not os.path.isfile(path):
             return '<td>&mdash;</td>'
         rel = html.escape(os.path.relpath(os.path.abspath(path), os.path.abspath(root)).replace(os.sep, '/'))
         return f'<td><a href="{rel}"><img loading="lazy" src="{rel}" alt="{rel}"></a></td>'
 
-    show_lr = any(r.get('lr') for r in records)  # mode (b) has no LR column
-    total = sum(r['artifact_pixels'] for r in records)
-    flagged = sum(1 for r in records if r['artifact_pixels'] > 0)
+    if columns is None:
+        columns = list(DETECTION_COLUMNS)
+        if not overlays:
+            columns[-1] = ('mask', 'mask')
+    columns = [(t, k) for t, k in columns if any(r.get(k) for r in records)]
+    if intro is None:
+        total = sum(r['artifact_pixels'] for r in records)
+        flagged = sum(1 for r in records if r['artifact_pixels'] > 0)
+        intro = (f'{len(records)} image(s); {flagged} with artifacts; {total:,} artifact pixels in all. '
+                 'Sorted by artifact area. D: texture-similarity map (red = low similarity = artifact candidate).')
     rows = []
-    for r in sorted(records, key=lambda r: -r['artifact_fraction']):
-        pct = 100 * r['artifact_fraction']
-        cls = ' class="big"' if pct >= 1 else ''
-        rows.append('<tr>'
-                    f'<td class="name">{html.escape(r["name"])}<br>{r["width"]}x{r["height"]}</td>'
-                    f'<td{cls}>{pct:.2f}%<br>{r["artifact_pixels"]:,} px<br>{r["regions"]} region(s)</td>'
-                    + (cell(r.get('lr')) if show_lr else '') + cell(r.get('mse_sr')) + cell(r.get('gan_sr')) + cell(r.get('d_map'))
-                    + (cell(r.get('overlay')) if overlays else cell(r.get('mask'))) + '</tr>')
-    last = 'GAN-SR + artifacts (red)' if overlays else 'mask'
+    for r in sorted(records, key=sort_key):
+        size = f'<br>{r["width"]}x{r["height"]}' if 'width' in r else ''
+        rows.append('<tr>' f'<td class="name">{html.escape(r["name"])}{size}</td>' + info(r)
+                    + ''.join(cell(r.get(k)) for _, k in columns) + '</tr>')
+    head = ''.join(f'<th>{html.escape(t)}</th>' for t, _ in columns)
     doc = (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-           f'<style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n'
-           f'<p>{len(records)} image(s); {flagged} with artifacts; {total:,} artifact pixels in all. '
-           'Sorted by artifact area. D: texture-similarity map (red = low similarity = artifact candidate).</p>\n'
-           '<table><tr><th>image</th><th>artifact area</th>' + ('<th>LR</th>' if show_lr else '')
-           + '<th>MSE-SR</th><th>GAN-SR</th><th>D</th>'
-           f'<th>{last}</th></tr>\n' + '\n'.join(rows) + '\n</table></body></html>\n')
+           f'<style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n<p>{intro}</p>\n'
+           f'<table><tr><th>image</th><th>{html.escape(info_title)}</th>{head}</tr>\n' + '\n'.join(rows)
+           + '\n</table></body></html>\n')
     path = os.path.join(root, 'index.html')
     with atomic_open(path, 'w') as f:
         f.write(doc)

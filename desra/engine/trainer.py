@@ -124,7 +124,8 @@ def train_pipeline(opt: dict) -> dict:
         loss_record = LossRecord(os.path.join(opt['path']['experiments_root'], 'losses.jsonl'))
     log_opt = opt.get('logger') or {}
     print_freq = int(log_opt.get('print_freq', 100))
-    save_freq = int(log_opt.get('save_checkpoint_freq', 5000))
+    save_iters = set(log_opt.get('save_checkpoint_iters') or [])  # extra milestones, e.g. [1000, 2000, 5000]
+    save_freq = int(log_opt.get('save_checkpoint_freq', 0 if save_iters else 5000))
     val_opt = opt.get('val') or {}
     val_freq = int(val_opt.get('val_freq', 0)) if val_loaders else 0
     msg_logger = MessageLogger(opt, start_iter, tb_logger)
@@ -151,7 +152,8 @@ def train_pipeline(opt: dict) -> dict:
                     loss_record.write(current_iter, loss_values)
                 msg_logger({'epoch': epoch, 'iter': current_iter, 'lrs': model.get_current_learning_rate(),
                             'time': time.time() - iter_timer, 'data_time': data_time, **loss_values})
-            if current_iter % save_freq == 0 or current_iter == total_iter:
+            if (save_freq and current_iter % save_freq == 0) or current_iter in save_iters \
+                    or current_iter == total_iter:
                 save_training_state(model, opt, current_iter, epoch, iter_in_epoch, batches_per_epoch)
             if val_freq and current_iter % val_freq == 0:
                 for loader in val_loaders:
