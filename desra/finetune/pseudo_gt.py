@@ -43,7 +43,7 @@ import sys
 import cv2
 import numpy as np
 
-__all__ = ['pseudo_gt', 'feather_mask']
+__all__ = ['feather_mask', 'pseudo_gt']
 
 
 def _torch():
@@ -68,7 +68,7 @@ def _check_feather(feather) -> float:
 
 
 def _gaussian_kernel(sigma: float) -> np.ndarray:
-    radius = max(1, int(math.ceil(4.0 * sigma)))
+    radius = max(1, math.ceil(4.0 * sigma))
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     k = np.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()

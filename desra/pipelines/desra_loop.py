@@ -1,0 +1,276 @@
+"""The DeSRA loop (paper Sec. 3): detect -> pseudo-GT -> fine-tune -> detect again -> evaluate.
+
+``python scripts/desra_pipeline.py -opt options/desra_pipeline.yml`` (torchrun-aware: detection is sharded
+and fine-tuning runs with DDP; rank 0 builds the data set and the report). Everything goes under
+``output.root`` (default ``reports/<name>``)::
+
+    detect_before/   detections of the original GAN-SR model on all LR images (MSE-SR, GAN-SR, masks, ...)
+    pseudo_gt/       train/ and val/ pairs (LR, pseudo-GT) + split.json      (scripts/make_pseudo_gt.py)
+    finetune/        the fine-tuning experiment (models/net_g_<iter>.pth, training_states, losses.jsonl)
+    detect_after/    detections on the fine-tuned EMA generator's outputs for the validation LR images
+    table3.md, summary.json, index.html (before / after gallery)
+
+Reported on the validation images: the detected artifact area before and after, the PSNR between the old and
+the new GAN-SR output outside the detected regions (how much the rest of the image changed), and, when GT
+artifact masks are given, IoU / precision / recall before and after plus the removal and addition rates
+(``docs/metrics.md``).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from desra.atomic import atomic_open
+from desra.config import (NUMBER, Spec, apply_force_yml, build_arg_parser, check_schema, finalize_options,
+                          load_yaml_file, validate_options)
+from desra.engine import dist as dist_utils
+from desra.errors import ConfigError
+
+logger = logging.getLogger('desra')
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_MODEL = Spec(dict, True, {'network': Spec(dict, True, {'type': Spec(str, True)}), 'path': Spec(str, True),
+                           'param_key': Spec((str, type(None)))})
+LOOP_SCHEMA = Spec(dict, True, {
+    'name': Spec(str, True),
+    'scale': Spec(int, True),
+    'num_gpu': Spec((int, str)),
+    'seed': Spec(int),
+    'data': Spec(dict, True, {'lr': Spec(str, True), 'gt_masks': Spec((str, type(None))),
+                              'train_count': Spec(int), 'train_fraction': Spec(NUMBER)}),
+    'mse_model': _MODEL,
+    'gan_model': _MODEL,
+    'gan_model_d': Spec(dict, False, {'path': Spec(str, True), 'param_key': Spec(str)}),
+    'tile_size': Spec(int), 'tile_pad': Spec(int), 'batch_size': Spec(int),
+    'segmenter': Spec((dict, type(None)), False, {'type': Spec(str, True)}),
+    'class_weights': Spec((str, list, type(None))),
+    'detector': Spec(dict, True, {'type': Spec(str, True)}),
+    'pseudo_gt': Spec(dict, False, {'feather': Spec(NUMBER)}),
+    'finetune': Spec(dict, True, {'options': Spec(str, True), 'force': Spec(dict)}),
+    'output': Spec(dict, False, {'root': Spec(str)}),
+})
+
+
+def _deep_update(base: dict, extra: dict) -> dict:
+    for k, v in (extra or {}).items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base
+
+
+def parse_loop_options(argv=None) -> dict:
+    args = build_arg_parser('The DeSRA loop: detect, pseudo-GT, fine-tune, detect, evaluate.',
+                            is_train=False).parse_args(argv)
+    opt = load_yaml_file(args.opt)
+    apply_force_yml(opt, args.force_yml)
+    check_schema(opt, LOOP_SCHEMA, '')
+    rank, world = dist_utils.init_dist(args.launcher, opt.get('dist_params') or {})
+    opt['rank'], opt['world_size'], opt['launcher'] = rank, world, args.launcher
+    return opt
+
+
+def _detect_opt(opt: dict, lr_dir: str, out_root: str, gan_model: dict) -> dict:
+    return {'name': os.path.basename(out_root), 'scale': opt['scale'], 'num_gpu': opt.get('num_gpu', 'auto'),
+            'input': {'lr': lr_dir}, 'mse_model': opt['mse_model'], 'gan_model': gan_model,
+            'tile_size': opt.get('tile_size', 0), 'tile_pad': opt.get('tile_pad', 10),
+            'batch_size': opt.get('batch_size', 1), 'segmenter': opt.get('segmenter'),
+            'class_weights': opt.get('class_weights'), 'detector': opt['detector'],
+            'output': {'root': out_root, 'save_sr': True, 'save_maps': False, 'save_overlays': True,
+                       'html': True},
+            'rank': opt.get('rank', 0), 'world_size': opt.get('world_size', 1)}
+
+
+def finetune_options(opt: dict, data_dir: str, exp_root: str) -> dict:
+    """The fine-tuning options: ``finetune.options`` + ``finetune.force``, fed the pseudo-GT train split and
+    initialised from the GAN-SR model under test (and ``gan_model_d``)."""
+    ft = load_yaml_file(opt['finetune']['options'])
+    _deep_update(ft, opt['finetune'].get('force') or {})
+    ft['name'] = f"{opt['name']}_finetune"
+    ft['scale'] = opt['scale']
+    ft['network_g'] = copy.deepcopy(opt['gan_model']['network'])
+    train = ft['datasets']['train']
+    train['dataroot_gt'] = os.path.join(data_dir, 'train', 'GT')
+    train['dataroot_lq'] = os.path.join(data_dir, 'train', 'LR')
+    train['meta_info_file'] = os.path.join(data_dir, 'train', 'meta_info.txt')
+    ft['datasets'] = {'train': train}  # validation happens in the loop, on the held-out images
+    ft.pop('val', None)
+    path = ft.setdefault('path', {})
+    path['pretrain_network_g'] = opt['gan_model']['path']
+    path['param_key_g'] = opt['gan_model'].get('param_key', 'params_ema')
+    if opt.get('gan_model_d'):
+        path['pretrain_network_d'] = opt['gan_model_d']['path']
+        path['param_key_d'] = opt['gan_model_d'].get('param_key', 'params')
+    path['experiments_root'] = exp_root
+    path['resume_state'] = None
+    validate_options(ft, is_train=True)
+    ft.update(is_train=True, auto_resume=False, rank=opt.get('rank', 0), world_size=opt.get('world_size', 1),
+              dist=opt.get('world_size', 1) > 1, launcher=opt.get('launcher', 'none'))
+    finalize_options(ft)
+    ft['path']['tb_logger'] = os.path.join(exp_root, 'tb_logger')
+    return ft
+
+
+def _psnr_outside(old: np.ndarray, new: np.ndarray, mask: np.ndarray) -> float:
+    keep = mask == 0
+    if not keep.any():
+        return float('nan')
+    diff = old[keep].astype(np.float64) - new[keep].astype(np.float64)
+    mse = float(np.mean(diff ** 2))
+    return float('inf') if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def _read_mask(path: str) -> np.ndarray:
+    from desra.data.io import imread
+
+    m = imread(path, flag='unchanged')
+    return (m > 0) if m.ndim == 2 else (m.max(axis=2) > 0)
+
+
+def evaluate_loop(root: str, val_names: list[str], gt_dir: str | None) -> dict:
+    """Before/after numbers on the validation images (see the module docstring)."""
+    from desra.data.io import imread
+    from desra.metrics.artifact_metrics import artifact_metrics, load_mask, removal_addition_rates
+
+    before_dir, after_dir = os.path.join(root, 'detect_before'), os.path.join(root, 'detect_after')
+    rows, before, after = [], {}, {}
+    for name in val_names:
+        mb = _read_mask(os.path.join(before_dir, 'masks', name + '.png'))
+        ma = _read_mask(os.path.join(after_dir, 'masks', name + '.png'))
+        old = imread(os.path.join(before_dir, 'GAN-SR', name + '.png'))
+        new = imread(os.path.join(after_dir, 'GAN-SR', name + '.png'))
+        before[name], after[name] = mb, ma
+        rows.append({'name': name, 'height': int(mb.shape[0]), 'width': int(mb.shape[1]),
+                     'area_before': float(mb.mean()), 'area_after': float(ma.mean()),
+                     'psnr_outside': _psnr_outside(old, new, mb | ma),
+                     'lr': os.path.join(root, 'pseudo_gt', 'val', 'LR', name + '.png'),
+                     'gan_before': os.path.join(before_dir, 'GAN-SR', name + '.png'),
+                     'overlay_before': os.path.join(before_dir, 'overlays', name + '.png'),
+                     'gan_after': os.path.join(after_dir, 'GAN-SR', name + '.png'),
+                     'overlay_after': os.path.join(after_dir, 'overlays', name + '.png')})
+    finite = [r['psnr_outside'] for r in rows if math.isfinite(r['psnr_outside'])]
+    summary = {'num_val_images': len(rows),
+               'area_before': float(np.mean([r['area_before'] for r in rows])) if rows else 0.0,
+               'area_after': float(np.mean([r['area_after'] for r in rows])) if rows else 0.0,
+               'images_with_artifacts_before': sum(r['area_before'] > 0 for r in rows),
+               'images_with_artifacts_after': sum(r['area_after'] > 0 for r in rows),
+               'psnr_outside_mean': float(np.mean(finite)) if finite else float('inf'),
+               'psnr_outside_unchanged_images': sum(1 for r in rows if r['psnr_outside'] == float('inf'))}
+    if gt_dir:
+        gts = {}
+        for name in val_names:
+            cands = [os.path.join(gt_dir, name + ext) for ext in ('.png', '.json')]
+            path = next((c for c in cands if os.path.isfile(c)), None)
+            if path is None:
+                raise ConfigError(f"data.gt_masks: no GT mask for validation image '{name}' in {gt_dir}")
+            gts[name] = load_mask(path, size=before[name].shape)
+        summary['gt_before'] = {k: v for k, v in artifact_metrics(before, gts).items() if k != 'per_image'}
+        summary['gt_after'] = {k: v for k, v in artifact_metrics(after, gts).items() if k != 'per_image'}
+        summary['removal_addition'] = {k: v for k, v in removal_addition_rates(after, gts).items()
+                                       if k != 'per_image'}
+    return {'summary': summary, 'rows': rows}
+
+
+def format_table3(name: str, summary: dict, iters: int) -> str:
+    def pct(v):
+        return f'{100 * v:.3f} %'
+
+    lines = [f'# DeSRA loop: {name}', '',
+             f'Fine-tuned for {iters} iterations; {summary["num_val_images"]} held-out validation image(s).', '',
+             '| | before fine-tuning | after fine-tuning |', '|---|---|---|',
+             f'| detected artifact area (mean fraction of pixels) | {pct(summary["area_before"])} | '
+             f'{pct(summary["area_after"])} |',
+             f'| images with detected artifacts | {summary["images_with_artifacts_before"]} | '
+             f'{summary["images_with_artifacts_after"]} |',
+             f'| PSNR(old GAN-SR, new GAN-SR) outside the detected regions | — | '
+             f'{summary["psnr_outside_mean"]:.2f} dB |']
+    if 'gt_before' in summary:
+        b, a, ra = summary['gt_before'], summary['gt_after'], summary['removal_addition']
+
+        def num(v, scale=1.0, fmt='{:.4f}'):
+            return 'n/a' if v is None else fmt.format(scale * v)
+
+        lines += [f'| IoU vs GT (x100) | {num(b["iou"], 100, "{:.1f}")} | {num(a["iou"], 100, "{:.1f}")} |',
+                  f'| precision | {num(b["precision"])} | {num(a["precision"])} |',
+                  f'| recall | {num(b["recall"])} | {num(a["recall"])} |',
+                  f'| removal rate (GT regions with no detection left) | — | {num(ra["removal_rate"], 100, "{:.2f}")} % |',
+                  f'| addition rate (images with a new detected region) | — | '
+                  f'{num(ra["addition_rate"], 100, "{:.2f}")} % |']
+    lines += ['', 'PSNR outside the masks: over the pixels outside both the before and the after detections; '
+              f'{summary["psnr_outside_unchanged_images"]} image(s) unchanged there (infinite PSNR, left out of '
+              'the mean). Definitions of the GT metrics: docs/metrics.md.', '']
+    return '\n'.join(lines)
+
+
+def desra_loop(opt: dict) -> dict:
+    """Run the whole loop; returns the summary dict (rank 0) or {} (other ranks)."""
+    from desra.detection.gallery import write_gallery
+    from desra.detection.pipeline import detect_pipeline
+    from desra.engine.trainer import train_pipeline
+
+    rank = opt.get('rank', 0)
+    root = (opt.get('output') or {}).get('root') or os.path.join('reports', opt['name'])
+    before_dir, data_dir = os.path.join(root, 'detect_before'), os.path.join(root, 'pseudo_gt')
+
+    # 1. detect on all LR images with the original GAN-SR model
+    detect_pipeline(_detect_opt(opt, opt['data']['lr'], before_dir, opt['gan_model']))
+
+    # 2. pseudo-GT pairs and the train/val split (rank 0), everyone waits
+    if rank == 0:
+        cmd = [sys.executable, os.path.join(REPO, 'scripts', 'make_pseudo_gt.py'), '--detections', before_dir,
+               '--out', data_dir, '--seed', str(opt.get('seed', 0)),
+               '--feather', str((opt.get('pseudo_gt') or {}).get('feather', 0))]
+        data = opt['data']
+        cmd += (['--train-fraction', str(data['train_fraction'])] if 'train_fraction' in data
+                else ['--train', str(data.get('train_count', 50))])
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise ConfigError(f"pseudo-GT step failed: {res.stderr.strip() or res.stdout.strip()}")
+        logger.info(res.stdout.strip())
+    dist_utils.barrier()
+    with open(os.path.join(data_dir, 'split.json'), encoding='utf-8') as f:
+        split = json.load(f)
+
+    # 3. fine-tune the GAN model on (LR, pseudo-GT)
+    ft = finetune_options(opt, data_dir, os.path.join(root, 'finetune'))
+    result = train_pipeline(ft)
+    iters = result['iter']
+    tuned = dict(opt['gan_model'], path=os.path.join(ft['path']['models'], f'net_g_{iters}.pth'),
+                 param_key='params_ema')
+
+    # 4-5. the fine-tuned EMA generator on the held-out LR images, detected again
+    detect_pipeline(_detect_opt(opt, os.path.join(data_dir, 'val', 'LR'), os.path.join(root, 'detect_after'), tuned))
+
+    # 6. evaluate and report (rank 0)
+    if rank != 0:
+        return {}
+    ev = evaluate_loop(root, split['val'], opt['data'].get('gt_masks'))
+    summary = ev['summary']
+    summary.update(iterations=iters, train_images=len(split['train']), val_images=len(split['val']),
+                   finetuned_checkpoint=tuned['path'])
+    table = format_table3(opt['name'], summary, iters)
+    with atomic_open(os.path.join(root, 'table3.md'), 'w') as f:
+        f.write(table)
+    with atomic_open(os.path.join(root, 'summary.json'), 'w') as f:
+        json.dump({'summary': summary, 'per_image': ev['rows']}, f, indent=2)
+
+    def info(r):
+        return (f'<td>{100 * r["area_before"]:.2f}% &rarr; {100 * r["area_after"]:.2f}%<br>'
+                f'PSNR outside: {r["psnr_outside"]:.2f} dB</td>')
+
+    write_gallery(root, ev['rows'], title=f"{opt['name']}: before / after DeSRA fine-tuning",
+                  columns=[('LR', 'lr'), ('GAN-SR before', 'gan_before'), ('artifacts before', 'overlay_before'),
+                           ('GAN-SR after', 'gan_after'), ('artifacts after', 'overlay_after')],
+                  info=info, info_title='artifact area, change',
+                  intro=table.split('\n\n', 2)[1].replace('\n', '<br>') + ' Full table: table3.md.',
+                  sort_key=lambda r: -r['area_before'])
+    print(table)
+    return summary
