@@ -42,7 +42,8 @@ class _ThresholdedMapDetector:
         self.morphology = dict(erode=erode, dilate=dilate, dilate_iterations=dilate_iterations,
                                fill_holes=fill_holes, min_area=min_area)
 
-    def _finish(self, binary: np.ndarray, score_map: np.ndarray):
+    def finish(self, binary: np.ndarray, score_map: np.ndarray):
+        """Morphology on a thresholded map (public so callers can re-threshold one map several times)."""
         from desra.detection.morphology import clean_mask
 
         return clean_mask(binary, **self.morphology), {'D': score_map}
@@ -63,7 +64,7 @@ class LDLStarDetector(_ThresholdedMapDetector):
         from desra.detection.baselines import ldl_star_map
 
         score = np.asarray(ldl_star_map(mse_sr, gan_sr, kernel_size=self.kernel_size), dtype=np.float64)
-        return self._finish(score > self.threshold, score)
+        return self.finish(score > self.threshold, score)
 
 
 @DETECTOR_REGISTRY.register(name='niqe')
@@ -86,4 +87,4 @@ class NIQEDetector(_ThresholdedMapDetector):
 
         score = np.asarray(niqe_map(gan_sr, window=self.window, stride=self.stride, params=self.params),
                            dtype=np.float64)
-        return self._finish(score > self.threshold, score)
+        return self.finish(score > self.threshold, score)

@@ -6,5 +6,9 @@
     them (and the authors' released masks) with IoU / Precision / Recall against the hand-drawn GT masks,
     and print the figures next to the paper's. Command line: ``scripts/reproduce_tables.py``.
 
+``desra.pipelines.desra_loop``
+    The DeSRA loop of paper Sec. 3 (detect -> pseudo-GT -> fine-tune -> detect again -> evaluate). Command
+    line: ``scripts/desra_pipeline.py``.
+
 Submodules are not imported here, so ``import desra.pipelines`` stays cheap.
 """
