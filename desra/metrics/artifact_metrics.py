@@ -366,6 +366,11 @@ def removal_addition_rates(after_masks, gt_masks, p_add: float = 0.0, min_area: 
             'after_regions': int(z_area.size), 'added_regions': added,
             'new_pixels': int(np.count_nonzero(a & ~b)), 'has_added': added > 0,
         })
+    return pool_removal_addition(per_image, p_add=p_add, min_area=min_area, crop=crop)
+
+
+def pool_removal_addition(per_image: list[dict], p_add: float = 0.0, min_area: int = 0, crop: int = 0) -> dict:
+    """Pool per-image removal/addition records (from :func:`removal_addition_rates`) into data-set rates."""
     n = len(per_image)
     n_gt = sum(r['gt_regions'] for r in per_image)
     n_removed = sum(r['removed_regions'] for r in per_image)

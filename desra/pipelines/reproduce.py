@@ -328,26 +328,12 @@ class _RateAccumulator:
                                                      min_area=self.min_area, crop=self.crop)['per_image'][0])
 
     def summary(self) -> dict | None:
+        from desra.metrics.artifact_metrics import pool_removal_addition
+
         recs = self.per_image
         if not recs:
             return None
-        n = len(recs)
-        n_gt = sum(r['gt_regions'] for r in recs)
-        n_removed = sum(r['removed_regions'] for r in recs)
-        n_after = sum(r['after_regions'] for r in recs)
-        n_added = sum(r['added_regions'] for r in recs)
-        img_rates = [r['removal_rate'] for r in recs if r['removal_rate'] is not None]
-        n_img_added = sum(1 for r in recs if r['has_added'])
-        n_img_pixels = sum(1 for r in recs if r['new_pixels'] > 0)
-        return {'removal_rate': n_removed / n_gt if n_gt else None,
-                'removal_rate_image_mean': float(np.mean(img_rates)) if img_rates else None,
-                'addition_rate': n_img_added / n,
-                'added_region_fraction': n_added / n_after if n_after else None,
-                'pixel_addition_rate': n_img_pixels / n,
-                'num_images': n, 'num_gt_regions': n_gt, 'num_removed_regions': n_removed,
-                'num_after_regions': n_after, 'num_added_regions': n_added,
-                'num_images_with_added': n_img_added, 'num_images_with_new_pixels': n_img_pixels,
-                'p_add': self.p_add, 'min_area': self.min_area, 'crop': self.crop, 'per_image': recs}
+        return pool_removal_addition(recs, p_add=self.p_add, min_area=self.min_area, crop=self.crop)
 
 
 # ------------------------------------------------------------------------------------------------ detectors
