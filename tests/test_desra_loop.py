@@ -125,3 +125,13 @@ def test_loop_end_to_end(tmp_path):
         assert os.path.isfile(os.path.join(root, rel)), rel
     assert table.strip().splitlines()[0] == '# DeSRA loop: loop'
     assert '# DeSRA loop: loop' in out.stdout
+
+
+def test_loop_option_errors_name_the_key(tmp_path):
+    opt = {'name': 'loop', 'scale': 4, 'data': {'lr': str(tmp_path)},
+           'mse_model': {'network': TINY_NET, 'path': 'x.pth'}, 'gan_model': {'network': TINY_NET, 'path': 'y.pth'},
+           'detector': {'type': 'desra'}, 'finetune': {}}
+    (tmp_path / 'loop.yml').write_text(yaml.safe_dump(opt))
+    out = run_script('scripts/desra_pipeline.py', ['-opt', str(tmp_path / 'loop.yml')], tmp_path)
+    assert out.returncode == 2 and 'Traceback' not in out.stderr
+    assert out.stderr.strip() == 'error: finetune.options: missing required key (expected a string)'
