@@ -17,7 +17,13 @@ TRAIN_FILES = ['train_mse_x4.yml', 'train_ldl_x4.yml', 'demo_ldl_finetune.yml', 
                                                            recursive=True)))
 def test_every_option_file_validates(name):
     opt = load_yaml_file(os.path.join(REPO, 'options', name))
-    if os.path.basename(name).startswith('detect'):
+    if os.path.basename(name).startswith('desra_pipeline'):
+        from desra.config import check_schema
+        from desra.pipelines.desra_loop import LOOP_SCHEMA
+
+        check_schema(opt, LOOP_SCHEMA, '')
+        assert os.path.isfile(os.path.join(REPO, opt['finetune']['options']))
+    elif os.path.basename(name).startswith('detect'):
         from desra.detection.pipeline import validate_detect_options
 
         validate_detect_options(opt)
