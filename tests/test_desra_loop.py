@@ -5,6 +5,7 @@ import re
 
 import cv2
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -65,18 +66,19 @@ def test_finetune_desra_yml_has_the_paper_settings(tiny_data, tmp_path):
 
 def test_loop_end_to_end(tmp_path):
     rng = np.random.default_rng(0)
-    lr_dir, gt_dir = tmp_path / 'LR', tmp_path / 'GT-Mask'
-    lr_dir.mkdir()
-    gt_dir.mkdir()
+    lr_dir, gt_dir, hr_dir = tmp_path / 'LR', tmp_path / 'GT-Mask', tmp_path / 'HR'
+    for d in (lr_dir, gt_dir, hr_dir):
+        d.mkdir()
     for i in range(4):
         cv2.imwrite(str(lr_dir / f'im{i}.png'), rng.integers(0, 256, (16, 16, 3)).astype(np.uint8))
+        cv2.imwrite(str(hr_dir / f'im{i}.png'), rng.integers(0, 256, (64, 64, 3)).astype(np.uint8))
         gt = np.zeros((64, 64), np.uint8)
         gt[10:30, 10:30] = 255
         cv2.imwrite(str(gt_dir / f'im{i}.png'), gt)
     _ckpt(tmp_path / 'mse.pth', 0)
     _ckpt(tmp_path / 'gan.pth', 1)
     opt = {'name': 'loop', 'scale': 4, 'seed': 0,
-           'data': {'lr': str(lr_dir), 'gt_masks': str(gt_dir), 'train_count': 2},
+           'data': {'lr': str(lr_dir), 'gt_masks': str(gt_dir), 'hr': str(hr_dir), 'train_count': 2},
            'mse_model': {'network': TINY_NET, 'path': str(tmp_path / 'mse.pth')},
            'gan_model': {'network': TINY_NET, 'path': str(tmp_path / 'gan.pth')},
            'segmenter': {'type': 'none'}, 'class_weights': None,
@@ -112,13 +114,24 @@ def test_loop_end_to_end(tmp_path):
     assert set(g) == {'params', 'params_ema'}
     # report
     summary = json.load(open(root / 'summary.json'))['summary']
-    for key in ('area_before', 'area_after', 'psnr_outside_mean', 'gt_before', 'gt_after', 'removal_addition'):
+    for key in ('area_before', 'area_after', 'psnr_outside_mean', 'gt_before', 'gt_after', 'removal_addition',
+                'psnr_hr_before', 'psnr_hr_after'):
         assert key in summary
     assert summary['iterations'] == 3 and summary['val_images'] == 2
     table = open(root / 'table3.md').read()
     assert '| detected artifact area (mean fraction of pixels) |' in table
     assert '| removal rate (GT regions with no detection left) |' in table
     assert '| PSNR(old GAN-SR, new GAN-SR) outside the detected regions |' in table
+    assert '| Y-PSNR of GAN-SR against the real HR |' in table
+    # the PSNR outside the masks is the formula, recomputed here for one validation image
+    n = split['val'][0]
+    old = cv2.imread(str(root / 'detect_before' / 'GAN-SR' / f'{n}.png')).astype(np.float64)
+    new = cv2.imread(str(root / 'detect_after' / 'GAN-SR' / f'{n}.png')).astype(np.float64)
+    keep = ~((cv2.imread(str(root / 'detect_before' / 'masks' / f'{n}.png'), 0) > 0)
+             | (cv2.imread(str(root / 'detect_after' / 'masks' / f'{n}.png'), 0) > 0))
+    rec = {r['name']: r for r in json.load(open(root / 'summary.json'))['per_image']}[n]
+    mse = np.mean((old[keep] - new[keep]) ** 2)
+    assert rec['psnr_outside'] == pytest.approx(10 * np.log10(255 ** 2 / mse), rel=1e-9)
     srcs = re.findall(r'<img [^>]*src="([^"]+)"', open(root / 'index.html').read())
     assert len(srcs) == 2 * 5
     for rel in srcs:

@@ -44,6 +44,7 @@ LOOP_SCHEMA = Spec(dict, True, {
     'num_gpu': Spec((int, str)),
     'seed': Spec(int),
     'data': Spec(dict, True, {'lr': Spec(str, True), 'gt_masks': Spec((str, type(None))),
+                              'hr': Spec((str, type(None))),
                               'train_count': Spec(int), 'train_fraction': Spec(NUMBER)}),
     'mse_model': _MODEL,
     'gan_model': _MODEL,
@@ -135,8 +136,10 @@ def _read_mask(path: str) -> np.ndarray:
     return (m > 0) if m.ndim == 2 else (m.max(axis=2) > 0)
 
 
-def evaluate_loop(root: str, val_names: list[str], gt_dir: str | None) -> dict:
-    """Before/after numbers on the validation images (see the module docstring)."""
+def evaluate_loop(root: str, val_names: list[str], gt_dir: str | None, hr_dir: str | None = None,
+                  scale: int = 4) -> dict:
+    """Before/after numbers on the validation images (see the module docstring); with ``hr_dir`` (real HR
+    photos named like the LR ones) also the Y-PSNR of the GAN-SR output against them (crop = scale)."""
     from desra.data.io import imread
     from desra.metrics.artifact_metrics import artifact_metrics, load_mask, removal_addition_rates
 
@@ -156,6 +159,13 @@ def evaluate_loop(root: str, val_names: list[str], gt_dir: str | None) -> dict:
                      'overlay_before': os.path.join(before_dir, 'overlays', name + '.png'),
                      'gan_after': os.path.join(after_dir, 'GAN-SR', name + '.png'),
                      'overlay_after': os.path.join(after_dir, 'overlays', name + '.png')})
+    if hr_dir:
+        from desra.metrics import calculate_psnr
+
+        for r in rows:
+            hr = imread(os.path.join(hr_dir, r['name'] + '.png'))
+            r['psnr_hr_before'] = calculate_psnr(imread(r['gan_before']), hr, scale, test_y_channel=True)
+            r['psnr_hr_after'] = calculate_psnr(imread(r['gan_after']), hr, scale, test_y_channel=True)
     finite = [r['psnr_outside'] for r in rows if math.isfinite(r['psnr_outside'])]
     summary = {'num_val_images': len(rows),
                'area_before': float(np.mean([r['area_before'] for r in rows])) if rows else 0.0,
@@ -164,6 +174,9 @@ def evaluate_loop(root: str, val_names: list[str], gt_dir: str | None) -> dict:
                'images_with_artifacts_after': sum(r['area_after'] > 0 for r in rows),
                'psnr_outside_mean': float(np.mean(finite)) if finite else float('inf'),
                'psnr_outside_unchanged_images': sum(1 for r in rows if r['psnr_outside'] == float('inf'))}
+    if hr_dir and rows:
+        summary['psnr_hr_before'] = float(np.mean([r['psnr_hr_before'] for r in rows]))
+        summary['psnr_hr_after'] = float(np.mean([r['psnr_hr_after'] for r in rows]))
     if gt_dir:
         gts = {}
         for name in val_names:
@@ -192,6 +205,9 @@ def format_table3(name: str, summary: dict, iters: int) -> str:
              f'{summary["images_with_artifacts_after"]} |',
              f'| PSNR(old GAN-SR, new GAN-SR) outside the detected regions | — | '
              f'{summary["psnr_outside_mean"]:.2f} dB |']
+    if 'psnr_hr_before' in summary:
+        lines.append(f'| Y-PSNR of GAN-SR against the real HR | {summary["psnr_hr_before"]:.2f} dB | '
+                     f'{summary["psnr_hr_after"]:.2f} dB |')
     if 'gt_before' in summary:
         b, a, ra = summary['gt_before'], summary['gt_after'], summary['removal_addition']
 
@@ -252,7 +268,7 @@ def desra_loop(opt: dict) -> dict:
     # 6. evaluate and report (rank 0)
     if rank != 0:
         return {}
-    ev = evaluate_loop(root, split['val'], opt['data'].get('gt_masks'))
+    ev = evaluate_loop(root, split['val'], opt['data'].get('gt_masks'), opt['data'].get('hr'), opt['scale'])
     summary = ev['summary']
     summary.update(iterations=iters, train_images=len(split['train']), val_images=len(split['val']),
                    finetuned_checkpoint=tuned['path'])
