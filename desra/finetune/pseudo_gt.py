@@ -88,14 +88,17 @@ def _binary_numpy(mask: np.ndarray) -> np.ndarray:
             raise ValueError(f'mask: integer values must be 0/1 or in 0..255, got the range [{lo}, {hi}]')
         return mask >= (1 if hi <= 1 else 128)  # v / 255 >= 0.5  <=>  v >= 127.5
     if np.issubdtype(mask.dtype, np.floating):
-        if not np.all(np.isfinite(mask)):
-            raise ValueError('mask: contains NaN or Inf values')
-        lo, hi = float(mask.min()), float(mask.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(f'mask: float values must be in [0, 1], got the range [{lo:g}, {hi:g}] '
-                             f'(divide a 0..255 mask by 255)')
+        _check_float_mask(bool(np.all(np.isfinite(mask))), float(mask.min()), float(mask.max()))
         return mask >= 0.5
     raise ValueError(f'mask: unsupported dtype {mask.dtype} (expected bool, integer or float)')
+
+
+def _check_float_mask(finite: bool, lo: float, hi: float) -> None:
+    if not finite:
+        raise ValueError('mask: contains NaN or Inf values')
+    if lo < 0 or hi > 1:
+        raise ValueError(f'mask: float values must be in [0, 1], got the range [{lo:g}, {hi:g}] '
+                         f'(divide a 0..255 mask by 255)')
 
 
 def _binary_torch(mask):
@@ -106,12 +109,7 @@ def _binary_torch(mask):
     if mask.numel() == 0:
         return mask.bool()
     if mask.dtype.is_floating_point:
-        if not bool(torch.isfinite(mask).all()):
-            raise ValueError('mask: contains NaN or Inf values')
-        lo, hi = float(mask.min()), float(mask.max())
-        if lo < 0 or hi > 1:
-            raise ValueError(f'mask: float values must be in [0, 1], got the range [{lo:g}, {hi:g}] '
-                             f'(divide a 0..255 mask by 255)')
+        _check_float_mask(bool(torch.isfinite(mask).all()), float(mask.min()), float(mask.max()))
         return mask >= 0.5
     if mask.dtype.is_complex:
         raise ValueError(f'mask: unsupported dtype {mask.dtype} (expected bool, integer or float)')

@@ -165,19 +165,20 @@ def mask_iou(pred, gt, empty: str = 'one') -> float | None:
 
 def region_precision_counts(pred, gt, p: float = 0.5) -> tuple[int, int]:
     """``(correct, total)`` detected regions: a region ``z`` of ``pred`` is correct if ``|z ∩ gt| / |z| >= p``."""
-    p = _check_p(p)
-    a, b = to_bool_mask(pred, 'pred'), to_bool_mask(gt, 'gt')
-    _same_shape(a, b)
-    area, inside = _region_overlaps(a, b)
-    return int(np.count_nonzero(inside / np.maximum(area, 1) >= p)), int(area.size)
+    return _region_hits(pred, gt, p, regions_of='pred')
 
 
 def region_recall_counts(pred, gt, p: float = 0.5) -> tuple[int, int]:
     """``(found, total)`` GT regions: a region ``g`` of ``gt`` is found if ``|g ∩ pred| / |g| >= p``."""
+    return _region_hits(pred, gt, p, regions_of='gt')
+
+
+def _region_hits(pred, gt, p: float, regions_of: str) -> tuple[int, int]:
+    """``(hits, total)`` over the regions of ``regions_of`` whose overlap ratio with the other mask is ``>= p``."""
     p = _check_p(p)
     a, b = to_bool_mask(pred, 'pred'), to_bool_mask(gt, 'gt')
     _same_shape(a, b)
-    area, inside = _region_overlaps(b, a)
+    area, inside = _region_overlaps(a, b) if regions_of == 'pred' else _region_overlaps(b, a)
     return int(np.count_nonzero(inside / np.maximum(area, 1) >= p)), int(area.size)
 
 

@@ -151,6 +151,18 @@ class BaseModel:
         self.lq = data['lq'].to(self.device, non_blocking=True)
         self.gt = data['gt'].to(self.device, non_blocking=True) if 'gt' in data else None
 
+    def _fidelity_losses(self, output: torch.Tensor, prefix: str) -> tuple:
+        """Pixel and perceptual (+ style) terms against the GT: ``(sum, {name: term})``; names ``l_<prefix>pix`` ..."""
+        terms = OrderedDict()
+        if getattr(self, 'cri_pix', None) is not None:
+            terms[f'l_{prefix}pix'] = self.cri_pix(output, self.gt)
+        if getattr(self, 'cri_perceptual', None) is not None:
+            l_percep, l_style = self.cri_perceptual(output, self.gt)
+            for name, value in ((f'l_{prefix}percep', l_percep), (f'l_{prefix}style', l_style)):
+                if value is not None:
+                    terms[name] = value
+        return sum(terms.values()), terms
+
     def _step(self, loss: torch.Tensor, optimizer, scaler) -> None:
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -117,21 +117,13 @@ class GANModel(BaseModel):
             self.output = self.net_g(self.lq)
         if train_g:
             output = self.output.float()
-            l_g_total = 0
-            if self.cri_pix is not None:
-                loss_dict['l_g_pix'] = l = self.cri_pix(output, self.gt)
-                l_g_total = l_g_total + l
+            l_g_total, fidelity = self._fidelity_losses(output, prefix='g_')
+            loss_dict.update(fidelity)
             if self.cri_artifacts is not None:
                 with torch.no_grad(), self.autocast():
                     output_ema = self.ema.module(self.lq)
                 loss_dict['l_g_artifacts'] = l = self.cri_artifacts(output, self.gt, output_ema.float())
                 l_g_total = l_g_total + l
-            if self.cri_perceptual is not None:
-                l_percep, l_style = self.cri_perceptual(output, self.gt)
-                for name, value in (('l_g_percep', l_percep), ('l_g_style', l_style)):
-                    if value is not None:
-                        loss_dict[name] = value
-                        l_g_total = l_g_total + value
             with self.autocast():
                 fake_g_pred = net_d_raw(self.output).float()
             if self.relativistic:

