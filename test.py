@@ -7,9 +7,10 @@ from desra.cli import run_cli
 
 def main(argv=None):
     from desra.config import parse_options
+
+    opt, _ = parse_options(argv, is_train=False, check_paths=True)  # options checked before torch is imported
     from desra.engine.evaluate import test_pipeline
 
-    opt, _ = parse_options(argv, is_train=False)
     return test_pipeline(opt)
 
 

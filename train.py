@@ -7,9 +7,10 @@ from desra.cli import run_cli
 
 def main(argv=None):
     from desra.config import parse_options
+
+    opt, _ = parse_options(argv, is_train=True, check_paths=True)  # options checked before torch is imported
     from desra.engine.trainer import train_pipeline
 
-    opt, _ = parse_options(argv, is_train=True)
     return train_pipeline(opt)
 
 

@@ -1,4 +1,8 @@
-"""Shared entry-point wrapper: user errors print one clear line (no traceback) and exit with status 2."""
+"""Shared entry-point wrapper: user errors print one clear line (no traceback) and exit with status 2.
+
+The entry points parse and check their options before importing torch, so ``--help`` and option errors come
+back at once; torch is imported only when the work starts.
+"""
 from __future__ import annotations
 
 import sys
@@ -16,6 +20,11 @@ def user_message(e: UserError) -> str:
 
 
 def run_cli(main, argv=None) -> None:
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 must not crash a log line
+        try:
+            stream.reconfigure(errors='backslashreplace')
+        except (AttributeError, ValueError):
+            pass
     try:
         main(argv)
     except UserError as e:
@@ -25,7 +34,8 @@ def run_cli(main, argv=None) -> None:
         print('interrupted', file=sys.stderr)
         sys.exit(130)
     finally:
-        import torch.distributed as dist
+        if 'torch' in sys.modules:  # never import torch just to tear down
+            import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import re
 import time
@@ -23,12 +24,36 @@ from typing import Any
 
 import yaml
 
-from desra.errors import ConfigError
+from desra.errors import ConfigError, DataError
 
 
 # ----------------------------------------------------------------------------------------------- YAML
 class _Loader(yaml.SafeLoader):
-    """Safe loader that also reads YAML-1.2 floats without a dot (``1e-4``) as floats."""
+    """Safe loader that reads YAML-1.2 floats without a dot (``1e-4``) as floats and refuses duplicate keys.
+
+    PyYAML silently keeps the last of two equal keys in a mapping; a duplicated ``lr`` or ``total_iter`` then
+    changes a run without a word, so it is an error naming the key and both lines.
+    """
+
+    source = '<string>'
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == 'tag:yaml.org,2002:merge':
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # the base class reports unhashable keys
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise ConfigError(f"{self.source}: duplicate key '{key}' on lines {seen[key]} and {line} (YAML "
+                                      f"would silently keep the last value); remove one of them")
+                seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -42,17 +67,25 @@ _Loader.add_implicit_resolver(
 
 
 def yaml_load(text: str, source: str = '<string>') -> Any:
+    loader = _Loader(text)
+    loader.source = source
     try:
-        return yaml.load(text, Loader=_Loader)
+        return loader.get_single_data()
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: invalid YAML: {e}") from None
+    finally:
+        loader.dispose()
 
 
 def load_yaml_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"option file not found: {path}")
-    with open(path, encoding='utf-8') as f:
-        opt = yaml_load(f.read(), path)
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read option file {path}: {e}") from None
+    opt = yaml_load(text, path)
     if not isinstance(opt, dict):
         raise ConfigError(f"{path}: expected a YAML mapping at the top level, got {type(opt).__name__}")
     return opt
@@ -96,18 +129,35 @@ def apply_force_yml(opt: dict, overrides: list[str] | None) -> dict:
 
 # ----------------------------------------------------------------------------------------- validation
 NUMBER = (int, float)
+NONE = type(None)
 
 
 class Spec:
-    """Expected type of one option: python types, required flag, nested specs (``children``), and a spec for
-    every other child of a mapping (``any_child``)."""
+    """What one option may hold.
 
-    def __init__(self, types, required=False, children=None, any_child=None, name=None):
+    Args:
+        types: accepted python types.
+        required: a missing key is an error.
+        children: specs of the known keys of a mapping.
+        any_child: spec applied to every key of a mapping that ``children`` does not name (``datasets.*``).
+        closed: a key of a mapping that is neither in ``children`` nor covered by ``any_child`` is an error with
+            the closest known key suggested. Default: closed when ``children`` are given and ``any_child`` is
+            not. Blocks whose keys are constructor arguments (``network_g``, losses) stay open: the registry
+            checks them against the constructor's signature.
+        check: ``check(value, key_path) -> value`` for range checks; may normalise (``5e3`` -> ``5000``).
+        ignored: accepted for compatibility and ignored; the text says why (one warning line).
+    """
+
+    def __init__(self, types, required=False, children=None, any_child=None, name=None, closed=None, check=None,
+                 ignored=None):
         self.types = types if isinstance(types, tuple) else (types,)
         self.required = required
         self.children = children or {}
-        self.any_child = any_child  # spec applied to every child of a mapping (e.g. datasets.*)
+        self.any_child = any_child
         self.name = name
+        self.closed = bool(self.children) and any_child is None if closed is None else closed
+        self.check = check
+        self.ignored = ignored
 
 
 def _type_name(types) -> str:
@@ -127,105 +177,265 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def check_schema(value, spec: Spec, path: str) -> None:
-    """Raise :class:`ConfigError` naming the key path of the first missing or mistyped option under ``path``."""
+def unknown_key_error(path: str, key, known) -> ConfigError:
+    import difflib
+
+    known = sorted(str(k) for k in known)
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+    hint = f'did you mean {close[0]}?' if close else f"known keys here: {', '.join(known)}"
+    return ConfigError(f"{_join(path, key)}: unknown key; {hint}")
+
+
+def check_schema(value, spec: Spec, path: str, warnings: list | None = None):
+    """Check ``value`` against ``spec``; returns it, normalised where a ``check`` does so (mappings in place).
+
+    Raises :class:`ConfigError` naming the key path of the first unknown, missing, mistyped or out-of-range
+    option. Keys marked ``ignored`` add one line each to ``warnings``.
+    """
     ok = isinstance(value, spec.types)
     if isinstance(value, bool) and bool not in spec.types:
         ok = False  # True is an int in Python, but not an acceptable iteration count
+    if isinstance(value, float) and float not in spec.types and int in spec.types and spec.check is not None:
+        ok = True  # BasicSR files write counts as floats (val_freq: !!float 5e3); the check makes them ints
     if not ok:
         raise ConfigError(f"{path or 'top level'}: expected {_type_name(spec.types)}, "
                           f"got {value!r} ({type(value).__name__})")
+    if spec.check is not None and value is not None:
+        value = spec.check(value, path or 'top level')
     if isinstance(value, dict):
+        if spec.closed:
+            for key in value:
+                if key not in spec.children and spec.any_child is None:
+                    raise unknown_key_error(path, key, spec.children)
         for key, child in spec.children.items():
             if key not in value or value[key] is None and type(None) not in child.types:
                 if child.required:
                     raise ConfigError(f"{_join(path, key)}: missing required key "
                                       f"(expected {_type_name(child.types)})")
                 continue
-            check_schema(value[key], child, _join(path, key))
+            if child.ignored and warnings is not None:
+                warnings.append(f"{_join(path, key)}: accepted and ignored ({child.ignored})")
+            value[key] = check_schema(value[key], child, _join(path, key), warnings)
         if spec.any_child is not None:
             for key, v in value.items():
                 if key not in spec.children:
-                    check_schema(v, spec.any_child, _join(path, key))
+                    value[key] = check_schema(v, spec.any_child, _join(path, key), warnings)
+    return value
 
 
-def _typed(required=False):
-    """A ``{type: Name, ...}`` block (network, loss, optimizer, scheduler)."""
-    return Spec(dict, required, {'type': Spec(str, True)})
+# ---- range checks (used as Spec(check=...)); each message names the key and what was expected
+def _as_int(value, path: str, what: str = 'an integer') -> int:
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ConfigError(f"{path}: expected {what}, got {value!r} (float)")
+        value = int(value)
+    return value
 
 
+def positive_int(value, path: str) -> int:
+    value = _as_int(value, path, 'a positive integer (>= 1)')
+    if value < 1:
+        raise ConfigError(f"{path}: expected a positive integer (>= 1), got {value!r}")
+    return value
+
+
+def nonneg_int(value, path: str) -> int:
+    value = _as_int(value, path, 'an integer >= 0')
+    if value < 0:
+        raise ConfigError(f"{path}: expected an integer >= 0, got {value!r}")
+    return value
+
+
+def any_int(value, path: str) -> int:
+    return _as_int(value, path)
+
+
+def positive_number(value, path: str) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{path}: expected a positive finite number, got {value!r}")
+    return value
+
+
+def nonneg_number(value, path: str) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{path}: expected a finite number >= 0, got {value!r}")
+    return value
+
+
+def finite_number(value, path: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+    return value
+
+
+def ema_decay(value, path: str) -> float:
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise ConfigError(f"{path}: expected a number in [0, 1) (0 = no EMA; LDL uses 0.999), got {value!r}")
+    return value
+
+
+def num_gpu(value, path: str):
+    if isinstance(value, str):
+        if value != 'auto':
+            raise ConfigError(f"{path}: expected 'auto' or an integer >= 0 (0 = CPU), got {value!r}")
+        return value
+    return nonneg_int(value, path)
+
+
+def positive_int_list(value, path: str) -> list:
+    return [positive_int(check_schema(v, Spec(int), f'{path}[{i}]'), f'{path}[{i}]') for i, v in enumerate(value)]
+
+
+def run_name(value, path: str) -> str:
+    """``name`` becomes a folder under ``experiments/`` or ``results/``: one plain path component."""
+    bad = (not value.strip() or value in ('.', '..') or '/' in value or '\\' in value or '\x00' in value
+           or os.path.isabs(value) or value != value.strip())
+    if bad:
+        raise ConfigError(f"{path}: expected a plain folder name (no '/', '\\', '..', surrounding spaces or "
+                          f"absolute path; it names experiments/<name>), got {value!r}")
+    return value
+
+
+def _typed(required=False, **extra):
+    """A ``{type: Name, ...}`` block (network, loss, optimizer, scheduler): its other keys are the constructor's."""
+    return Spec(dict, required, {'type': Spec(str, True), **extra}, closed=False)
+
+
+_STR_OR_NONE = (str, NONE)
 _LOSS = _typed()
+_OPTIM = _typed(True, lr=Spec(NUMBER, True, check=positive_number), weight_decay=Spec(NUMBER, check=nonneg_number),
+                betas=Spec(list))
+
+#: Keys of a ``datasets.*`` block that the data loader reads (the dataset class checks its own keys).
+LOADER_KEYS = {'name', 'type', 'phase', 'scale', 'key_path', 'batch_size_per_gpu', 'num_worker_per_gpu',
+               'dataset_enlarge_ratio', 'use_shuffle', 'pin_memory', 'prefetch_mode', 'num_prefetch_queue'}
+
 _DATASET = Spec(dict, False, {
     'type': Spec(str, True), 'name': Spec(str), 'dataroot_gt': Spec((str, list)),
-    'dataroot_lq': Spec((str, list)), 'meta_info_file': Spec((str, type(None))),
-    'gt_size': Spec(int), 'use_hflip': Spec(bool), 'use_rot': Spec(bool),
-    'num_worker_per_gpu': Spec(int), 'batch_size_per_gpu': Spec(int), 'dataset_enlarge_ratio': Spec(int),
-    'io_backend': Spec(dict, False, {'type': Spec(str, True)}),
-})
+    'dataroot_lq': Spec((str, list)), 'meta_info_file': Spec(_STR_OR_NONE), 'meta_info': Spec(_STR_OR_NONE),
+    'gt_size': Spec(int, check=positive_int), 'use_hflip': Spec(bool), 'use_rot': Spec(bool),
+    'use_shuffle': Spec(bool), 'pin_memory': Spec(bool),
+    'num_worker_per_gpu': Spec(int, check=nonneg_int), 'batch_size_per_gpu': Spec(int, check=positive_int),
+    'dataset_enlarge_ratio': Spec(int, check=positive_int),
+    'io_backend': Spec(dict, False, {'type': Spec(str, True)}, closed=False),
+    'prefetch_mode': Spec((str, NONE), ignored='data are loaded by DataLoader workers; set num_worker_per_gpu'),
+    'num_prefetch_queue': Spec(int, ignored='data are loaded by DataLoader workers; set num_worker_per_gpu'),
+}, closed=False)  # the dataset class checks its own keys when it is built (still before anything is written)
+
+_TRAIN_DATASET = Spec(dict, True, {**_DATASET.children, 'batch_size_per_gpu': Spec(int, True, check=positive_int)},
+                      closed=False)
+
+#: Real-ESRGAN's top-level keys (used by RealESRGANModel with high_order_degradation: true).
+REALESRGAN_KEYS = (
+    'resize_prob', 'resize_range', 'gaussian_noise_prob', 'noise_range', 'poisson_scale_range', 'gray_noise_prob',
+    'jpeg_range', 'second_blur_prob', 'resize_prob2', 'resize_range2', 'gaussian_noise_prob2', 'noise_range2',
+    'poisson_scale_range2', 'gray_noise_prob2', 'jpeg_range2', 'gt_size', 'queue_size')
+
+#: Keys the command-line front end fills in; accepted in files for BasicSR compatibility.
+RUNTIME_KEYS = ('is_train', 'opt_path', 'auto_resume', 'launcher', 'dist', 'rank', 'world_size', 'root_path')
+
+_COMMON_TOP = {
+    'name': Spec(str, True, check=run_name),
+    'model_type': Spec(str, True),
+    'scale': Spec(int, True, check=positive_int),
+    'num_gpu': Spec((int, str), check=num_gpu),
+    'manual_seed': Spec(int, check=any_int),
+    'import_modules': Spec(list),
+    'max_image_pixels': Spec(int, check=nonneg_int),
+    'deterministic': Spec(bool),
+    'find_unused_parameters': Spec(bool),
+    **{k: Spec(object) for k in RUNTIME_KEYS},
+}
 
 _TRAIN_SCHEMA = Spec(dict, True, {
-    'name': Spec(str, True),
-    'model_type': Spec(str, True),
-    'scale': Spec(int, True),
-    'num_gpu': Spec((int, str)),
-    'manual_seed': Spec(int),
-    'import_modules': Spec(list),
-    'datasets': Spec(dict, True, {'train': Spec(dict, True, _DATASET.children)}, any_child=_DATASET),
+    **_COMMON_TOP,
+    'datasets': Spec(dict, True, {'train': _TRAIN_DATASET}, any_child=_DATASET),
     'network_g': _typed(True),
     'network_d': _typed(),
     'path': Spec(dict, False, {
-        'pretrain_network_g': Spec((str, type(None))), 'param_key_g': Spec(str), 'strict_load_g': Spec(bool),
-        'pretrain_network_d': Spec((str, type(None))), 'param_key_d': Spec(str), 'strict_load_d': Spec(bool),
-        'resume_state': Spec((str, type(None))), 'experiments_root': Spec(str),
+        'pretrain_network_g': Spec(_STR_OR_NONE), 'param_key_g': Spec(str), 'strict_load_g': Spec(bool),
+        'pretrain_network_d': Spec(_STR_OR_NONE), 'param_key_d': Spec(str), 'strict_load_d': Spec(bool),
+        'resume_state': Spec(_STR_OR_NONE), 'experiments_root': Spec(str), 'root': Spec(str),
+        'ignore_resume_networks': Spec((list, NONE), ignored='every network is restored on resume'),
     }),
     'train': Spec(dict, True, {
-        'total_iter': Spec(int, True),
-        'warmup_iter': Spec(int),
-        'ema_decay': Spec(NUMBER),
-        'optim_g': Spec(dict, True, {'type': Spec(str, True), 'lr': Spec(NUMBER, True),
-                                      'weight_decay': Spec(NUMBER), 'betas': Spec(list)}),
-        'optim_d': Spec(dict, False, {'type': Spec(str, True), 'lr': Spec(NUMBER, True),
-                                       'weight_decay': Spec(NUMBER), 'betas': Spec(list)}),
-        'scheduler': Spec(dict, False, {'type': Spec(str, True)}),
-        'net_d_iters': Spec(int), 'net_d_init_iters': Spec(int),
+        'total_iter': Spec(int, True, check=positive_int),
+        'warmup_iter': Spec(int, check=any_int),
+        'ema_decay': Spec(NUMBER, check=ema_decay),
+        'optim_g': _OPTIM,
+        'optim_d': _typed(False, lr=Spec(NUMBER, True, check=positive_number),
+                          weight_decay=Spec(NUMBER, check=nonneg_number), betas=Spec(list)),
+        'scheduler': _typed(),
+        'pixel_opt': Spec((dict, NONE), children=_LOSS.children, closed=False),
+        'perceptual_opt': Spec((dict, NONE), children=_LOSS.children, closed=False),
+        'gan_opt': Spec((dict, NONE), children=_LOSS.children, closed=False),
+        'artifacts_opt': Spec((dict, NONE), children=_LOSS.children, closed=False),
+        'net_d_iters': Spec(int, check=positive_int), 'net_d_init_iters': Spec(int, check=nonneg_int),
+        'relativistic_gan': Spec(bool),
         'use_amp': Spec(bool), 'amp_dtype': Spec(str),
     }),
-    'val': Spec(dict, False, {'val_freq': Spec(NUMBER), 'save_img': Spec(bool), 'metrics': Spec(dict)}),
-    'logger': Spec(dict, False, {'print_freq': Spec(int), 'save_checkpoint_freq': Spec(NUMBER),
-                                 'save_checkpoint_iters': Spec(list),
-                                  'use_tb_logger': Spec(bool)}),
-    'dist_params': Spec(dict, False, {'backend': Spec(str), 'port': Spec(int)}),
+    'val': Spec(dict, False, {
+        'val_freq': Spec(int, check=positive_int), 'save_img': Spec(bool), 'suffix': Spec(_STR_OR_NONE),
+        'tile_size': Spec(int, check=nonneg_int), 'tile_pad': Spec(int, check=nonneg_int),
+        'tb_images': Spec(int, check=nonneg_int),
+        'metrics': Spec((dict, NONE), any_child=_typed()),
+        'pbar': Spec(bool, ignored='progress is always shown: a bar on a terminal, log lines otherwise'),
+    }),
+    'logger': Spec(dict, False, {
+        'print_freq': Spec(int, check=positive_int), 'save_checkpoint_freq': Spec(int, check=positive_int),
+        'save_checkpoint_iters': Spec(list, check=positive_int_list), 'use_tb_logger': Spec(bool),
+        'wandb': Spec((dict, NONE), ignored='Weights & Biases logging is not built in; use TensorBoard'),
+    }),
+    'dist_params': Spec(dict, False, {'backend': Spec(_STR_OR_NONE), 'port': Spec(int, check=positive_int)}),
+    'high_order_degradation': Spec(bool),
+    'l1_gt_usm': Spec(bool), 'percep_gt_usm': Spec(bool), 'gan_gt_usm': Spec(bool),
+    **{k: Spec(object) for k in REALESRGAN_KEYS},
 })
 
 _TEST_SCHEMA = Spec(dict, True, {
-    'name': Spec(str, True),
+    **_COMMON_TOP,
     'model_type': Spec(str),
-    'scale': Spec(int, True),
-    'num_gpu': Spec((int, str)),
-    'import_modules': Spec(list),
     'datasets': Spec(dict, True, any_child=_DATASET),
     'network_g': _typed(True),
-    'path': Spec(dict, False, {'pretrain_network_g': Spec((str, type(None))), 'param_key_g': Spec(str),
-                                'strict_load_g': Spec(bool)}),
-    'val': Spec(dict, False, {'save_img': Spec(bool), 'metrics': Spec(dict)}),
+    'path': Spec(dict, False, {'pretrain_network_g': Spec(_STR_OR_NONE), 'param_key_g': Spec(str),
+                                'strict_load_g': Spec(bool), 'results_root': Spec(str), 'root': Spec(str)}),
+    'val': Spec(dict, False, {
+        'save_img': Spec(bool), 'suffix': Spec(_STR_OR_NONE), 'metrics': Spec((dict, NONE), any_child=_typed()),
+        'tile_size': Spec(int, check=nonneg_int), 'tile_pad': Spec(int, check=nonneg_int),
+        'pbar': Spec(bool, ignored='progress is always shown: a bar on a terminal, log lines otherwise')}),
+    'dist_params': Spec(dict, False, {'backend': Spec(_STR_OR_NONE), 'port': Spec(int, check=positive_int)}),
 })
 
 
-def _check_losses(train: dict) -> None:
-    for key, value in train.items():
-        if key.endswith('_opt') and value is not None:
-            check_schema(value, _LOSS, f"train.{key}")
-
-
-def validate_options(opt: dict, is_train: bool = True) -> None:
-    """Raise :class:`ConfigError` naming the key path of the first missing or mistyped option."""
-    check_schema(opt, _TRAIN_SCHEMA if is_train else _TEST_SCHEMA, '')
+def validate_options(opt: dict, is_train: bool = True, warnings: list | None = None) -> dict:
+    """Raise :class:`ConfigError` naming the key path of the first unknown, missing, mistyped or out-of-range
+    option; returns ``opt`` with counts normalised to integers. Ignored BasicSR keys add lines to ``warnings``."""
+    check_schema(opt, _TRAIN_SCHEMA if is_train else _TEST_SCHEMA, '', warnings)
     if is_train:
-        _check_losses(opt['train'])
         freq = opt.get('val', {}) or {}
-        if freq and 'val_freq' in freq and 'val' not in opt['datasets'] and not any(
-                k.startswith('val') for k in opt['datasets']):
+        if freq and 'val_freq' in freq and not any(k.startswith('val') for k in opt['datasets']):
             raise ConfigError("val.val_freq is set but datasets has no 'val' entry; add datasets.val or remove val")
+    return opt
+
+
+def check_data_paths(opt: dict) -> None:
+    """Refuse missing ``dataroot_*`` folders and ``meta_info*`` files of every data set (no torch needed)."""
+    for phase, ds in (opt.get('datasets') or {}).items():
+        kp = f'datasets.{phase}'
+        backend = (ds.get('io_backend') or {}).get('type', 'disk') if isinstance(ds.get('io_backend'), dict) \
+            else 'disk'
+        if backend != 'disk':
+            continue
+        for key, value in ds.items():
+            if key.startswith('dataroot_') and isinstance(value, str) and value:
+                folder = os.path.abspath(os.path.expanduser(value))
+                if not os.path.isdir(folder):
+                    what = 'expected a folder but found a file' if os.path.exists(folder) else 'folder does not exist'
+                    raise DataError(f'{kp}.{key}: {what}: {folder}')
+            if key in ('meta_info_file', 'meta_info') and isinstance(value, str) and value:
+                path = os.path.abspath(os.path.expanduser(value))
+                if not os.path.isfile(path):
+                    raise DataError(f'{kp}.{key}: file does not exist: {path}')
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -246,19 +456,59 @@ def build_arg_parser(description: str = 'Train a super-resolution model.', is_tr
     return parser
 
 
-def parse_options(argv: list[str] | None = None, is_train: bool = True) -> tuple[dict, argparse.Namespace]:
+def load_options(argv: list[str] | None = None, is_train: bool = True,
+                 description: str | None = None) -> tuple[dict, argparse.Namespace, list[str]]:
+    """Parse the command line, read the YAML, apply ``--force_yml`` and validate everything that needs no torch.
+
+    Returns ``(opt, args, warnings)``; ``warnings`` lists the BasicSR keys that are accepted and ignored.
+    Raises :class:`ConfigError` for unknown, duplicate, missing, mistyped or out-of-range keys, before torch is
+    imported.
+    """
+    parser = build_arg_parser(description or ('Train a super-resolution model.' if is_train
+                                              else 'Test a super-resolution model.'), is_train=is_train)
+    args = parser.parse_args(argv)
+    opt = load_yaml_file(args.opt)
+    apply_force_yml(opt, args.force_yml)
+    warnings: list[str] = []
+    validate_options(opt, is_train=is_train, warnings=warnings)
+    apply_image_limit(opt)
+    return opt, args, warnings
+
+
+def apply_image_limit(opt: dict) -> None:
+    """``max_image_pixels`` for this process and the data-loader workers it starts."""
+    if opt.get('max_image_pixels') is not None:
+        from desra.utils.images import set_max_image_pixels
+
+        set_max_image_pixels(opt['max_image_pixels'])
+        os.environ['DESRA_MAX_IMAGE_PIXELS'] = str(int(opt['max_image_pixels']))
+
+
+def report_warnings(warnings: list[str]) -> None:
+    """One warning line each, on the first process only."""
+    if not warnings or int(os.environ.get('RANK', '0') or 0) != 0:
+        return
+    from desra.engine.logger import get_root_logger
+
+    log = get_root_logger()
+    for w in warnings:
+        log.warning(w)
+
+
+def parse_options(argv: list[str] | None = None, is_train: bool = True,
+                  check_paths: bool = False) -> tuple[dict, argparse.Namespace]:
     """Parse the CLI, load and validate the YAML, and derive the runtime fields.
 
     Returns the option dict (with ``is_train``, ``auto_resume``, ``dist``, ``rank``, ``world_size`` and
-    ``path.*`` folders filled in) and the argparse namespace. Distributed init happens here, as in BasicSR,
-    so that ``rank`` is known when the paths are made.
+    ``path.*`` folders filled in) and the argparse namespace. Everything that can be checked without torch is
+    checked first (:func:`load_options`, and with ``check_paths`` the data folders); distributed init happens
+    after, as in BasicSR, so that ``rank`` is known when the paths are made.
     """
-    from desra.engine.dist import init_dist  # local: keeps `import desra.config` free of torch.distributed
-
-    args = build_arg_parser(is_train=is_train).parse_args(argv)
-    opt = load_yaml_file(args.opt)
-    apply_force_yml(opt, args.force_yml)
-    validate_options(opt, is_train=is_train)
+    opt, args, warnings = load_options(argv, is_train)
+    if check_paths:
+        check_data_paths(opt)
+    report_warnings(warnings)
+    from desra.engine.dist import init_dist  # the first torch import of train.py / test.py
 
     opt['is_train'] = is_train
     opt['opt_path'] = os.path.abspath(args.opt)

@@ -1,8 +1,9 @@
 """User-facing error types.
 
-Anything raised as a :class:`UserError` is a mistake in the user's input (YAML, files, checkpoints),
-not a bug: the command-line entry points print its message alone, without a traceback, and exit 2.
-Every message names the YAML key path or the file involved and says what was expected.
+Anything raised as a :class:`UserError` is a mistake in the user's input (YAML, files, checkpoints) or a
+condition of the machine the user must act on (a full disk, a folder another run is using), not a bug: the
+command-line entry points print its message alone, without a traceback, and exit 2. Every message names the
+YAML key path or the file involved and says what was expected.
 """
 
 
@@ -24,3 +25,11 @@ class CheckpointError(UserError):
 
 class TrainingDivergedError(UserError):
     """A loss became NaN or Inf; training stops and the last good checkpoint is kept."""
+
+
+class OutputError(UserError):
+    """An output file could not be written (disk full, read-only or unwritable folder); nothing earlier is lost."""
+
+
+class FolderInUseError(UserError):
+    """Another run holds the lock of the experiment, detection or report folder this run would write to."""

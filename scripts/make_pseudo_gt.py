@@ -29,13 +29,17 @@ OUT/train/meta_info.txt`` in a ``PairedImageDataset`` block.
 
 The split is a seeded random permutation of the sorted names: the first N are train, the rest val (the
 paper: 50 train / 150 val). ``--val-all`` puts every image in val as well.
+
+Rerunning into the same ``--out``: the files an earlier run wrote (listed in its ``split.json``, or in
+``.pseudo_gt_writing.json`` when it was interrupted) are removed first, so an image is never left in both
+splits. A ``--out`` that holds other files is refused (nothing is deleted or written). ``--out`` is locked while
+the script writes.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import struct
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,11 +48,17 @@ if REPO not in sys.path:
 
 import numpy as np
 
-from desra.atomic import atomic_open
+from desra.atomic import atomic_open, remove_stale_temp_files
 from desra.cli import run_cli
 from desra.data.io import imread, imwrite_atomic, scandir
 from desra.errors import ConfigError, DataError
 from desra.finetune.pseudo_gt import pseudo_gt
+from desra.utils.images import display_name, image_header
+from desra.utils.lock import LOCK_NAME, FolderLock
+from desra.utils.progress import Progress
+
+SPLIT_FILE = 'split.json'
+WRITING_FILE = '.pseudo_gt_writing.json'
 
 _MAX_LISTED = 5
 
@@ -73,6 +83,7 @@ def parse_args(argv=None):
     parser.add_argument('--scale', type=int, default=None,
                         help='expected SR scale (default: inferred, the same integer for every image)')
     parser.add_argument('--val-all', action='store_true', help='put every image in val (train images too)')
+    parser.add_argument('--fingerprint', default=None, help=argparse.SUPPRESS)  # stage id, set by desra_pipeline
     args = parser.parse_args(argv)
     explicit = [k for k in ('mse', 'gan', 'masks') if getattr(args, k)]
     if args.detections:
@@ -196,15 +207,10 @@ def collect_detections(args) -> tuple[list[str], dict[str, dict[str, str]], dict
 
 # ------------------------------------------------------------------------------------------------ checks
 def image_size(path: str) -> tuple[int, int]:
-    """(height, width) of an image; PNG sizes come from the header, other formats are decoded."""
-    try:
-        with open(path, 'rb') as f:
-            head = f.read(24)
-    except OSError as e:
-        raise DataError(f'cannot read image {os.path.abspath(path)}: {e.strerror or e}') from None
-    if head[:8] == b'\x89PNG\r\n\x1a\n' and head[12:16] == b'IHDR':
-        w, h = struct.unpack('>II', head[16:24])
-        return int(h), int(w)
+    """(height, width) of an image as the readers see it (EXIF orientation applied), from its header."""
+    header = image_header(path)  # DataError above the pixel limit
+    if header is not None:
+        return header.display_size
     img = imread(path, flag='unchanged')
     return int(img.shape[0]), int(img.shape[1])
 
@@ -283,15 +289,65 @@ def _write_meta(path: str, lines: list[str]) -> None:
         f.write(''.join(line + '\n' for line in lines))
 
 
+def planned_files(train: list[str], val: list[str]) -> list[str]:
+    """Paths (relative to ``--out``) this run writes, ``split.json`` and the meta files included."""
+    files = [f'{sub}/{n}.png' for n in train for sub in ('train/LR', 'train/GT')]
+    files += [f'{sub}/{n}.png' for n in val for sub in ('val/LR', 'val/GT', 'val/GAN-SR', 'val/masks')]
+    files += (['train/meta_info.txt'] if train else []) + (['val/meta_info.txt'] if val else [])
+    return files + [SPLIT_FILE]
+
+
+def _tracked(out: str) -> set[str]:
+    """Files earlier runs wrote into ``out``: from ``split.json`` and an interrupted run's writing list."""
+    tracked = set()
+    for name in (SPLIT_FILE, WRITING_FILE):
+        path = os.path.join(out, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding='utf-8') as f:
+                info = json.load(f)
+        except (OSError, ValueError) as e:
+            raise DataError(f'--out: cannot read {path} ({e}); remove it or choose another --out') from None
+        files = info.get('files')
+        if files is None:  # split.json of an earlier version: derive the files from the names
+            files = planned_files(list(info.get('train', [])), list(info.get('val', [])))
+        tracked.update(files)
+        tracked.add(name)
+    return tracked
+
+
+def prepare_out(out: str) -> list[str]:
+    """Remove what earlier runs wrote into ``out``; refuse (deleting nothing) if it holds anything else."""
+    if not os.path.isdir(out):
+        if os.path.exists(out):
+            raise DataError(f'--out: {out} is a file, expected a folder')
+        return []
+    tracked = _tracked(out)
+    present = [f.replace(os.sep, '/') for f in scandir(out, recursive=True)]
+    foreign = [f for f in present if f not in tracked and f != LOCK_NAME]
+    if foreign:
+        raise DataError(f'--out: {out} holds {len(foreign)} file(s) that no earlier make_pseudo_gt run wrote (e.g. '
+                        f'{_format_list([display_name(f) for f in sorted(foreign)])}); choose an empty folder or '
+                        f'move them away (nothing was changed)')
+    removed = [f for f in present if f in tracked and f != WRITING_FILE]
+    for f in removed:
+        os.remove(os.path.join(out, f))
+    for dirpath, dirnames, filenames in os.walk(out, topdown=False):  # folders emptied by the removal
+        if dirpath != out and not os.listdir(dirpath):
+            os.rmdir(dirpath)
+    return removed
+
+
 def build(names, paths, train, val, offsets, out: str, feather: float) -> dict:
     """Write the split folders; returns ``{split: [meta lines]}``."""
     from desra.detection.pipeline import read_sr_image
 
     in_train, in_val = set(train), set(val)
     meta = {'train': [], 'val': []}
-    for name in names:
-        if name not in in_train and name not in in_val:
-            continue
+    todo = [n for n in names if n in in_train or n in in_val]
+    progress = Progress(len(todo), 'pseudo-GT', unit='img')
+    for name in todo:
         p = paths[name]
         lr = _as_uint8(read_sr_image(p['lr']))
         mse, gan = _as_uint8(read_sr_image(p['mse'])), _as_uint8(read_sr_image(p['gan']))
@@ -315,22 +371,16 @@ def build(names, paths, train, val, offsets, out: str, feather: float) -> dict:
                 imwrite_atomic(gan, os.path.join(base, 'GAN-SR', fname))
                 imwrite_atomic(mask.astype(np.uint8) * 255, os.path.join(base, 'masks', fname))
             meta[split].append(line)
+        progress.update()
+    progress.close()
     return meta
 
 
-def _warn_stale(gt_dir: str, split_names: list[str], split: str) -> None:
-    """Warn about images left in ``gt_dir`` by an earlier run (they are not in the meta file)."""
-    if not os.path.isdir(gt_dir):
-        return
-    keep = {n + '.png' for n in split_names}
-    stale = [f for f in scandir(gt_dir, recursive=True) if f.replace(os.sep, '/') not in keep]
-    if stale:
-        print(f'warning: {len(stale)} file(s) in {gt_dir} are from an earlier run and not in this {split} split '
-              f'(meta_info.txt lists only the new ones): {_format_list(stale)}', file=sys.stderr)
-
-
 def main(argv=None) -> dict:
+    from desra.engine.logger import get_root_logger
+
     args = parse_args(argv)
+    get_root_logger()  # progress lines off a terminal
     if args.detections:
         names, paths, source = collect_detections(args)
     else:
@@ -338,16 +388,25 @@ def main(argv=None) -> dict:
     scale, offsets = check_sizes(names, paths, args.scale)
     train, val = make_split(names, args)
     out = os.path.abspath(args.out)
-    meta = build(names, paths, train, val, offsets, out, args.feather)
-    for split, split_names in (('train', train), ('val', val)):
-        if split_names:
-            _write_meta(os.path.join(out, split, 'meta_info.txt'), meta[split])
-        _warn_stale(os.path.join(out, split, 'GT'), split_names, split)
-    info = {'train': train, 'val': val, 'seed': args.seed, 'scale': scale, 'feather': args.feather,
-            'val_all': bool(args.val_all), 'num_images': len(names), 'source': source,
-            'mask_offsets': {n: o for n, o in offsets.items() if o}}
-    with atomic_open(os.path.join(out, 'split.json'), 'w') as f:
-        json.dump(info, f, indent=2)
+    files = planned_files(train, val)
+    with FolderLock(out, 'pseudo-GT output folder'):
+        remove_stale_temp_files(out)
+        removed = prepare_out(out)
+        if removed:
+            print(f'make_pseudo_gt: removed {len(removed)} file(s) of the earlier split in {out}')
+        with atomic_open(os.path.join(out, WRITING_FILE), 'w') as f:
+            json.dump({'files': files}, f)
+        meta = build(names, paths, train, val, offsets, out, args.feather)
+        for split, split_names in (('train', train), ('val', val)):
+            if split_names:
+                _write_meta(os.path.join(out, split, 'meta_info.txt'), meta[split])
+        info = {'train': train, 'val': val, 'seed': args.seed, 'scale': scale, 'feather': args.feather,
+                'val_all': bool(args.val_all), 'num_images': len(names), 'source': source,
+                'mask_offsets': {n: o for n, o in offsets.items() if o}, 'fingerprint': args.fingerprint,
+                'files': files}
+        with atomic_open(os.path.join(out, SPLIT_FILE), 'w') as f:
+            json.dump(info, f, indent=2)
+        os.remove(os.path.join(out, WRITING_FILE))
     cropped = sum(1 for o in offsets.values() if o)
     note = f'; {cropped} cropped mask(s) padded back to SR size' if cropped else ''
     print(f'make_pseudo_gt: {len(train)} train + {len(val)} val pair(s) at x{scale} (feather {args.feather:g}) '

@@ -46,3 +46,39 @@ def cli_env(extra_pythonpath=None):
 def run_script(script, args, cwd, extra_pythonpath=None, timeout=300):
     return subprocess.run([sys.executable, os.path.join(REPO, script), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=cli_env(extra_pythonpath))
+
+
+def tree_snapshot(root):
+    """{relative path: (is_dir, size, mtime_ns)} of everything under ``root`` (to assert nothing changed)."""
+    snap = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            snap[os.path.relpath(p, root)] = (os.path.isdir(p), st.st_size if not os.path.isdir(p) else 0,
+                                              st.st_mtime_ns if not os.path.isdir(p) else 0)
+    return snap
+
+
+def user_error_in_process(script_main, argv, cwd, monkeypatch):
+    """Run a CLI's ``main(argv)`` in this process (no interpreter start-up, torch already loaded); returns the
+    one-line message of the :class:`~desra.errors.UserError` it raises (the CLI prints ``error: <message>``)."""
+    from desra.cli import user_message
+    from desra.errors import UserError
+
+    monkeypatch.chdir(cwd)
+    try:
+        script_main(argv)
+    except UserError as e:
+        return user_message(e)
+    raise AssertionError(f'{script_main.__module__}.main({argv}) raised no user error')
+
+
+def cli_main(script):
+    """The ``main`` function of one of the repository's command-line scripts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f'cli_{os.path.basename(script)[:-3]}', os.path.join(REPO, script))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main

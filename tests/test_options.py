@@ -28,7 +28,7 @@ def test_every_option_file_validates(name):
 
         validate_detect_options(opt)
     else:
-        validate_options(opt, is_train=name.replace('tiny/', '').startswith(('train', 'demo', 'gan')))
+        validate_options(opt, is_train=name.replace('tiny/', '').startswith(('train', 'demo', 'gan', 'finetune')))
 
 
 def test_ldl_x4_matches_ldl_md():

@@ -126,16 +126,17 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path):
     assert target.read_bytes() == original
     assert os.listdir(target.parent) == ['5.state']  # no temporary file left behind
 
-    # a process SIGKILLed in the middle of writing: the target never appears, only a temp file that is ignored
+    # a process SIGKILLed in the middle of writing the bytes: the target never appears, only a temp file that
+    # is ignored (and removed at the next start in that folder, see test_resume)
     script = textwrap.dedent(f'''
-        import os, signal, torch
+        import os, signal
+        import desra.atomic as atomic
         import desra.engine.checkpoint as ck
-        real_save = torch.save
-        def half_save(obj, f):
-            f.write(b"PK partial bytes")
-            f.flush()
+        def half_write(fd, data):
+            os.write(fd, bytes(data)[:10])
+            os.fsync(fd)
             os.kill(os.getpid(), signal.SIGKILL)
-        torch.save = half_save
+        atomic._write_file = half_write
         ck.atomic_torch_save({{'iter': 10}}, {str(tmp_path / 'training_states' / '10.state')!r})
     ''')
     p = subprocess.run([sys.executable, '-c', script], env=cli_env(), capture_output=True, timeout=120)

@@ -14,9 +14,18 @@ from desra.registry import DATASET_REGISTRY
 
 def build_dataset(dataset_opt: dict, key_path: str):
     """Instantiate ``dataset_opt['type']`` from the dataset registry; BasicSR datasets take the whole dict."""
-    import desra.data  # noqa: F401  (registers the built-in datasets)
+    from desra.data import register_datasets
 
+    register_datasets()
     cls = DATASET_REGISTRY.get(dataset_opt.get('type'), f'{key_path}.type')
+    keys = getattr(cls, 'option_keys', None)
+    if keys is not None:  # user datasets without option_keys are not checked
+        from desra.config import LOADER_KEYS, unknown_key_error
+
+        known = set(keys) | LOADER_KEYS
+        for key in dataset_opt:
+            if key not in known:
+                raise unknown_key_error(key_path, key, known)
     return cls({**dataset_opt, 'key_path': key_path})
 
 

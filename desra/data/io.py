@@ -2,7 +2,13 @@
 
 Conventions: numpy images are ``H x W x C`` (or ``H x W`` for grayscale) in OpenCV's BGR channel order;
 tensors are ``C x H x W`` (or ``B x C x H x W``) in RGB order. Every failure to read or write a file is
-raised as :class:`desra.errors.DataError` naming the full path.
+raised as :class:`desra.errors.DataError` (reading) or :class:`desra.errors.OutputError` (writing) naming the
+full path.
+
+Every image read goes through :func:`imfrombytes`, which applies the project's one image policy
+(:mod:`desra.utils.images`): the pixel limit is checked from the header before decoding, and the EXIF
+orientation is applied whatever the flag, so training, testing, detection and pseudo-GT all see the same,
+upright pixels. torch is imported only by the tensor conversions.
 """
 from __future__ import annotations
 
@@ -14,10 +20,10 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-import torch
 
-from desra.atomic import atomic_open
+from desra.atomic import atomic_write_bytes
 from desra.errors import DataError
+from desra.utils.images import apply_orientation, read_header
 
 __all__ = ['IMG_EXTENSIONS', 'is_image_file', 'imfrombytes', 'imread', 'imwrite_atomic', 'imwrite',
            'img2tensor', 'tensor2img', 'scandir']
@@ -25,9 +31,11 @@ __all__ = ['IMG_EXTENSIONS', 'is_image_file', 'imfrombytes', 'imread', 'imwrite_
 #: Lower-case suffixes treated as images by the datasets (matching is case-insensitive).
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
+# OpenCV applies EXIF orientation for 'color' and 'grayscale' only; it is ignored here and applied by
+# desra.utils.images.apply_orientation for every flag, so all readers agree.
 _IMREAD_FLAGS = {
-    'color': cv2.IMREAD_COLOR,
-    'grayscale': cv2.IMREAD_GRAYSCALE,
+    'color': cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION,
+    'grayscale': cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION,
     'unchanged': cv2.IMREAD_UNCHANGED,
 }
 
@@ -90,12 +98,18 @@ def imfrombytes(content: bytes, flag: str = 'color', float32: bool = False, path
         path: used in error messages only.
 
     Returns:
-        The decoded image (uint8, or uint16 for 16-bit files with ``flag='unchanged'``; float32 if asked).
+        The decoded image (uint8, or uint16 for 16-bit files with ``flag='unchanged'``; float32 if asked),
+        turned upright by its EXIF orientation.
+
+    Raises:
+        DataError: empty, truncated or corrupt file, or more pixels than
+            :func:`desra.utils.images.max_image_pixels` (checked from the header, before decoding).
     """
     if flag not in _IMREAD_FLAGS:
         raise ValueError(f"imread flag must be one of {sorted(_IMREAD_FLAGS)}, got {flag!r}")
     if len(content) == 0:
         raise DataError(f'cannot read image {path}: the file is empty')
+    header = read_header(content, path)  # DataError above the pixel limit, before any decoding
     defect = None
     if content.startswith(_PNG_SIGNATURE):
         defect = _check_png_structure(content)
@@ -110,6 +124,8 @@ def imfrombytes(content: bytes, flag: str = 'color', float32: bool = False, path
     if img is None or img.size == 0:
         raise DataError(f'cannot read image {path}: not a valid image file or corrupt '
                         f'(expected one of {", ".join(IMG_EXTENSIONS)})')
+    if header is not None and header.orientation != 1:
+        img = apply_orientation(img, header.orientation)
     if float32:
         img = img.astype(np.float32) / 255.
     return img
@@ -171,11 +187,7 @@ def imwrite_atomic(img: np.ndarray, path: str | os.PathLike, params: Sequence[in
         raise DataError(f'cannot encode image for {path}: OpenCV refused the format {ext!r}')
     if not auto_mkdir and not os.path.isdir(folder):
         raise DataError(f'cannot write image {path}: folder does not exist')
-    try:
-        with atomic_open(path) as f:
-            f.write(buf.tobytes())
-    except OSError as e:
-        raise DataError(f'cannot write image {path}: {e.strerror or e}') from None
+    atomic_write_bytes(path, buf)  # OutputError naming the file (and the bytes needed when the disk is full)
     return True
 
 
@@ -189,7 +201,9 @@ def img2tensor(imgs, bgr2rgb: bool = True, float32: bool = True):
     Values are not rescaled. Returns a list when given a list, else a single tensor.
     """
 
-    def _convert(img: np.ndarray) -> torch.Tensor:
+    import torch
+
+    def _convert(img: np.ndarray):
         if img.ndim == 2:
             img = img[:, :, None]
         if img.shape[2] == 3 and bgr2rgb:
@@ -206,7 +220,7 @@ def img2tensor(imgs, bgr2rgb: bool = True, float32: bool = True):
     return _convert(imgs)
 
 
-def _grid(t: torch.Tensor, padding: int = 2) -> torch.Tensor:
+def _grid(t, padding: int = 2):
     """Tile a B x C x H x W batch into one C x H' x W' image, ``int(sqrt(B))`` images per row."""
     b, c, h, w = t.shape
     ncol = max(int(math.sqrt(b)), 1)
@@ -232,6 +246,8 @@ def tensor2img(tensor, rgb2bgr: bool = True, out_type=np.uint8, min_max=(0, 1)):
     Returns:
         H x W x 3 or H x W arrays; a list when given a list or several tensors.
     """
+    import torch
+
     if not (torch.is_tensor(tensor) or (isinstance(tensor, list) and all(torch.is_tensor(t) for t in tensor))):
         raise TypeError(f'tensor2img expects a tensor or a list of tensors, got {type(tensor).__name__}')
     single = torch.is_tensor(tensor)

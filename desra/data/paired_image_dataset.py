@@ -188,6 +188,11 @@ class PairedImageDataset(data.Dataset):
     (before ``mean``/``std``), C = 3 (1 with ``color: y``).
     """
 
+    #: The keys this class reads (besides the loader's); any other key in its block is an error.
+    option_keys = frozenset({'dataroot_gt', 'dataroot_lq', 'meta_info_file', 'meta_info', 'filename_tmpl',
+                             'recursive', 'io_backend', 'gt_size', 'use_hflip', 'use_flip', 'use_rot', 'mean', 'std',
+                             'color'})
+
     def __init__(self, opt: dict):
         super().__init__()
         self.opt = opt

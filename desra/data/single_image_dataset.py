@@ -27,6 +27,8 @@ class SingleImageDataset(data.Dataset):
     int or an ``(index, seed)`` pair; there is no randomness, so the seed is ignored.
     """
 
+    option_keys = frozenset({'dataroot_lq', 'meta_info_file', 'recursive', 'io_backend', 'mean', 'std', 'color'})
+
     def __init__(self, opt: dict):
         super().__init__()
         self.opt = opt

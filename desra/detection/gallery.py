@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import html
 import os
+from urllib.parse import quote
 
 from desra.atomic import atomic_open
+from desra.utils.images import display_name
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 16px; background: #fafafa; color: #222; }
@@ -32,14 +34,17 @@ def write_gallery(root: str, records: list[dict], title: str = 'DeSRA detections
                   intro: str | None = None, sort_key=lambda r: -r['artifact_fraction']) -> str:
     """Write ``root/index.html`` (atomically): one row per record, one picture column per ``(title, key)``.
 
-    Image links are relative to ``root``; a column whose files exist for no record (e.g. LR in mode (b)) is
-    left out. ``info(record)`` renders the text cell after the name.
+    Image links are relative to ``root`` and percent-encoded (names with ``#``, ``?``, ``%``, spaces or bytes that
+    are not UTF-8 work); a column whose files exist for no record (e.g. LR in mode (b)) is left out.
+    ``info(record)`` renders the text cell after the name.
     """
     def cell(path):
         if not path or not os.path.isfile(path):
             return '<td>&mdash;</td>'
-        rel = html.escape(os.path.relpath(os.path.abspath(path), os.path.abspath(root)).replace(os.sep, '/'))
-        return f'<td><a href="{rel}"><img loading="lazy" src="{rel}" alt="{rel}"></a></td>'
+        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root)).replace(os.sep, '/')
+        url = html.escape(quote(rel, safe='/', errors='surrogateescape'))
+        alt = html.escape(display_name(rel))
+        return f'<td><a href="{url}"><img loading="lazy" src="{url}" alt="{alt}"></a></td>'
 
     if columns is None:
         columns = list(DETECTION_COLUMNS)
@@ -54,7 +59,7 @@ def write_gallery(root: str, records: list[dict], title: str = 'DeSRA detections
     rows = []
     for r in sorted(records, key=sort_key):
         size = f'<br>{r["width"]}x{r["height"]}' if 'width' in r else ''
-        rows.append('<tr>' f'<td class="name">{html.escape(r["name"])}{size}</td>' + info(r)
+        rows.append('<tr>' f'<td class="name">{html.escape(display_name(r["name"]))}{size}</td>' + info(r)
                     + ''.join(cell(r.get(k)) for _, k in columns) + '</tr>')
     head = ''.join(f'<th>{html.escape(t)}</th>' for t, _ in columns)
     doc = (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'

@@ -7,52 +7,72 @@ Two input modes:
 (b) ``input.mse_sr`` + ``input.gan_sr``: folders of SR results that already exist (flat, or the released
     two-level ``root/<sub>/<img>`` layout), paired by relative path.
 
-For each image: SR pair -> (segmenter labels) -> detector -> mask (+ maps) -> files. Per image, every file is
-written atomically and a small JSON record is written last; an image whose record exists is skipped on the
-next run, so an interrupted run resumes where it stopped. With torchrun, each rank takes every N-th image.
+Order of work, so that bad input never leaves a half-written output root:
 
-Input images are read as documented in :func:`read_sr_image` (grayscale, RGBA and 16-bit PNGs are accepted).
+1. options and every input image are checked without torch (:func:`preflight`): the header of each image
+   (pixel limit, pair sizes, the detector's minimum size) is read, nothing is decoded;
+2. the detector, segmenter, class weights and generators are built and loaded;
+3. the output root is locked (:class:`~desra.utils.lock.FolderLock`; a second run on the same root refuses);
+4. each image whose record carries the fingerprint of the current settings and inputs is skipped; every
+   other image is recomputed, and the log says how many and why (``settings changed: detector.threshold``);
+5. per image, every file is written atomically and the JSON record last, so an interrupted run resumes.
+
+The fingerprint (:func:`detection_settings`) covers the detector type and arguments, the segmenter and its
+weights, the class-weight file's content, the two generators (network options, parameter key, checkpoint
+SHA-256), tiling, the outputs asked for, and each input file's identity (path, size, mtime).
+
+With torchrun, each rank takes every N-th image. Input images are read as documented in :func:`read_sr_image`
+(grayscale, RGBA and 16-bit PNGs are accepted; EXIF orientation is applied).
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
 import time
+from collections import Counter
 
-import cv2
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from desra.atomic import atomic_open
-from desra.config import NUMBER, Spec, apply_force_yml, build_arg_parser, check_schema, load_yaml_file
+from desra.atomic import atomic_open, remove_stale_temp_files
+from desra.config import (NONE, NUMBER, Spec, _typed, apply_force_yml, apply_image_limit, build_arg_parser,
+                          check_schema, load_yaml_file, nonneg_int, nonneg_number, num_gpu, positive_int,
+                          report_warnings, run_name)
 from desra.data.io import IMG_EXTENSIONS, imread, imwrite_atomic
-from desra.engine import dist as dist_utils
-from desra.engine.logger import get_root_logger
+from desra.engine.logger import detach_log_file, get_root_logger
 from desra.errors import ConfigError, DataError
 from desra.registry import DETECTOR_REGISTRY, import_user_modules
+from desra.utils.fingerprint import changed_keys, file_identity, settings_hash, weights_identity
+from desra.utils.images import check_pixel_limit, display_name, image_header
+from desra.utils.lock import FolderLock
+from desra.utils.progress import Progress
 
 logger = logging.getLogger('desra')
 
-_MODEL = Spec(dict, False, {'network': Spec(dict, True, {'type': Spec(str, True)}), 'path': Spec(str, True),
-                            'param_key': Spec((str, type(None))), 'strict': Spec(bool)})
+#: Bumped when the detector's outputs change for the same settings, so old records are recomputed.
+RECORD_VERSION = 2
+
+MODEL_SPEC = Spec(dict, False, {'network': _typed(True), 'path': Spec(str, True), 'param_key': Spec((str, NONE)),
+                                'strict': Spec(bool)})
 DETECT_SCHEMA = Spec(dict, True, {
-    'name': Spec(str, True),
-    'scale': Spec(int),
-    'num_gpu': Spec((int, str)),
+    'name': Spec(str, True, check=run_name),
+    'scale': Spec(int, check=positive_int),
+    'num_gpu': Spec((int, str), check=num_gpu),
     'import_modules': Spec(list),
-    'input': Spec(dict, True, {'lr': Spec((str, type(None))), 'mse_sr': Spec((str, type(None))),
-                               'gan_sr': Spec((str, type(None)))}),
-    'mse_model': _MODEL,
-    'gan_model': _MODEL,
-    'tile_size': Spec(int), 'tile_pad': Spec(int), 'batch_size': Spec(int),
-    'segmenter': Spec((dict, type(None)), False, {'type': Spec(str, True)}),
-    'class_weights': Spec((str, list, type(None))),
-    'detector': Spec(dict, True, {'type': Spec(str, True), 'threshold': Spec(NUMBER),
-                                  'min_area': Spec(NUMBER)}),
+    'max_image_pixels': Spec(int, check=nonneg_int),
+    'input': Spec(dict, True, {'lr': Spec((str, NONE)), 'mse_sr': Spec((str, NONE)), 'gan_sr': Spec((str, NONE))}),
+    'mse_model': MODEL_SPEC,
+    'gan_model': MODEL_SPEC,
+    'tile_size': Spec(int, check=nonneg_int), 'tile_pad': Spec(int, check=nonneg_int),
+    'batch_size': Spec(int, check=positive_int),
+    'segmenter': Spec((dict, NONE), False, {'type': Spec(str, True)}, closed=False),
+    'class_weights': Spec((str, list, NONE)),
+    'detector': _typed(True, threshold=Spec(NUMBER), min_area=Spec(NUMBER, check=nonneg_number)),
     'output': Spec(dict, False, {'root': Spec(str), 'save_maps': Spec(bool), 'save_overlays': Spec(bool),
                                  'save_sr': Spec(bool), 'html': Spec(bool)}),
+    'dist_params': Spec(dict, False, {'backend': Spec((str, NONE)), 'port': Spec(int, check=positive_int)}),
 })
 
 
@@ -80,8 +100,8 @@ def list_images(root: str, key_path: str) -> tuple[dict[str, str], list[str]]:
                 ignored.append(rel)
                 continue
             if stem in images:
-                raise DataError(f"{key_path}: two images share the name '{stem}': {images[stem]} and "
-                                f"{os.path.join(root, rel)}")
+                raise DataError(f"{key_path}: two images share the name '{display_name(stem)}': "
+                                f"{display_name(images[stem])} and {display_name(os.path.join(root, rel))}")
             images[stem] = os.path.join(root, rel)
     if not images:
         raise DataError(f"{key_path}: no images ({', '.join(IMG_EXTENSIONS)}) in {os.path.abspath(root)}")
@@ -92,7 +112,8 @@ def read_sr_image(path: str) -> np.ndarray:
     """Read an image as H x W x 3 float32 BGR in the uint8 range [0, 255].
 
     Grayscale is replicated to three channels; the alpha channel of RGBA/BGRA images is dropped (SR models
-    and the indicator work on colour only); 16-bit images are scaled by 255 / 65535.
+    and the indicator work on colour only); 16-bit images are scaled by 255 / 65535. EXIF orientation is
+    applied and the pixel limit checked, as by every reader of the project (:mod:`desra.utils.images`).
     """
     img = imread(path, flag='unchanged')
     if img.ndim == 2:
@@ -104,7 +125,7 @@ def read_sr_image(path: str) -> np.ndarray:
     if img.dtype == np.uint16:
         return img.astype(np.float32) * (255.0 / 65535.0)
     if img.dtype != np.uint8:
-        raise DataError(f"{path}: unsupported image dtype {img.dtype}; expected 8- or 16-bit")
+        raise DataError(f"{display_name(path)}: unsupported image dtype {img.dtype}; expected 8- or 16-bit")
     return img.astype(np.float32)
 
 
@@ -114,21 +135,87 @@ def pair_sr_folders(mse_root: str, gan_root: str) -> tuple[list[str], dict, dict
     gan, ignored_g = list_images(gan_root, 'input.gan_sr')
     for root, ignored in ((mse_root, ignored_m), (gan_root, ignored_g)):
         if ignored:
-            logger.warning('Ignoring %d non-image file(s) in %s: %s', len(ignored), root, ', '.join(ignored[:5]))
+            logger.warning('Ignoring %d non-image file(s) in %s: %s', len(ignored), root,
+                           ', '.join(display_name(n) for n in ignored[:5]))
     no_twin = sorted(set(gan) - set(mse))
     if no_twin:
         raise DataError(f"input.gan_sr: {len(no_twin)} GAN-SR image(s) have no MSE-SR twin in {mse_root}: "
-                        + ', '.join(gan[n] for n in no_twin[:5]) + (' ...' if len(no_twin) > 5 else ''))
+                        + ', '.join(display_name(gan[n]) for n in no_twin[:5]) + (' ...' if len(no_twin) > 5 else ''))
     extra = sorted(set(mse) - set(gan))
     if extra:
         logger.warning('%d MSE-SR image(s) have no GAN-SR twin and are not used: %s', len(extra),
-                       ', '.join(extra[:5]))
+                       ', '.join(display_name(n) for n in extra[:5]))
     return sorted(gan), mse, gan
+
+
+# --------------------------------------------------------------------------------------------- preflight
+def detector_min_size(det_opt: dict) -> int:
+    """Smallest SR image side the detector can process: its window (DeSRA's 11, LDL*'s 7, NIQE's block)."""
+    typ = det_opt.get('type')
+    if typ == 'desra':
+        return int(det_opt.get('window_size', 11))
+    if typ == 'ldl_star':
+        return int(det_opt.get('kernel_size', 7))
+    if typ == 'niqe':
+        return int(det_opt.get('window', 96))
+    return 1
+
+
+def _checked_size(path: str) -> tuple[int, int] | None:
+    """(height, width) as the readers will see it (after EXIF orientation); DataError above the pixel limit."""
+    header = image_header(path)
+    check_pixel_limit(header, path)
+    return None if header is None else header.display_size
+
+
+def _too_small(path: str, hw, min_size: int, what: str) -> DataError:
+    return DataError(f"{display_name(path)} is {hw[1]}x{hw[0]} (WxH){what}, smaller than the detector's "
+                     f"{min_size}x{min_size} window; remove it or use larger images")
+
+
+def preflight(opt: dict) -> dict:
+    """List and check every input image from its header (no decoding, no torch); returns the input plan.
+
+    Checks: the pixel limit, that MSE-SR and GAN-SR twins have the same size, and that the SR images are at
+    least the detector's window (:func:`detector_min_size`). Returns ``{'mode', 'names', 'sources'}`` with
+    ``sources[name]`` = ``{'lr': path}`` (mode a) or ``{'mse_sr': path, 'gan_sr': path}`` (mode b).
+    """
+    inp = opt['input']
+    min_size = detector_min_size(opt['detector'])
+    sources = {}
+    if inp.get('lr'):
+        lr_images, ignored = list_images(inp['lr'], 'input.lr')
+        if ignored:
+            logger.warning('Ignoring %d non-image file(s) in %s: %s', len(ignored), inp['lr'],
+                           ', '.join(display_name(n) for n in ignored[:5]))
+        scale = opt['scale']
+        for name in sorted(lr_images):
+            hw = _checked_size(lr_images[name])
+            if hw is not None and min(hw) * scale < min_size:
+                raise _too_small(lr_images[name], hw, min_size, f' (x{scale}: {hw[1] * scale}x{hw[0] * scale})')
+            sources[name] = {'lr': lr_images[name]}
+        return {'mode': 'lr', 'names': sorted(lr_images), 'sources': sources}
+    names, mse_paths, gan_paths = pair_sr_folders(inp['mse_sr'], inp['gan_sr'])
+    for name in names:
+        m_hw, g_hw = _checked_size(mse_paths[name]), _checked_size(gan_paths[name])
+        if m_hw is not None and g_hw is not None and m_hw != g_hw:
+            raise _pair_size_error(mse_paths[name], m_hw, gan_paths[name], g_hw)
+        if g_hw is not None and min(g_hw) < min_size:
+            raise _too_small(gan_paths[name], g_hw, min_size, '')
+        sources[name] = {'mse_sr': mse_paths[name], 'gan_sr': gan_paths[name]}
+    return {'mode': 'sr', 'names': names, 'sources': sources}
+
+
+def _pair_size_error(mse_path, m_hw, gan_path, g_hw) -> DataError:
+    return DataError(f"MSE-SR {display_name(mse_path)} is {m_hw[1]}x{m_hw[0]} but GAN-SR {display_name(gan_path)} "
+                     f"is {g_hw[1]}x{g_hw[0]} (WxH); the pair must match")
 
 
 # ------------------------------------------------------------------------------------------------ output
 def overlay_mask(gan_bgr: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The mask in red over the GAN-SR image (uint8 BGR), with the region outlines drawn solid."""
+    import cv2
+
     img = np.clip(gan_bgr, 0, 255).astype(np.uint8)
     out = img.copy()
     sel = mask > 0
@@ -141,6 +228,8 @@ def overlay_mask(gan_bgr: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> n
 
 def map_to_color(score: np.ndarray, artifact_low: bool) -> np.ndarray:
     """A colour picture of a score map: red where the detector sees artifacts (low D, or high baseline score)."""
+    import cv2
+
     s = np.asarray(score, np.float64)
     if artifact_low:
         v = 1.0 - np.clip(s, 0, 1)
@@ -151,43 +240,88 @@ def map_to_color(score: np.ndarray, artifact_low: bool) -> np.ndarray:
 
 
 class DetectionWriter:
-    """Writes one image's outputs under ``root`` (atomically), record last."""
+    """Writes one image's outputs under ``root`` (atomically), record last; knows what a record must match."""
 
-    def __init__(self, root: str, save_maps: bool, save_overlays: bool, save_sr: bool):
+    OPTIONAL = (('MSE-SR', '.png'), ('GAN-SR', '.png'), ('maps/D', '.npy'), ('maps/S', '.npy'), ('labels', '.png'),
+                ('overlays', '.png'))
+
+    def __init__(self, root: str, save_maps: bool, save_overlays: bool, save_sr: bool, settings: dict | None = None):
         self.root, self.save_maps, self.save_overlays, self.save_sr = root, save_maps, save_overlays, save_sr
+        self.settings = settings or {}
+        self.settings_fp = settings_hash(self.settings)
 
     def path(self, kind: str, name: str, ext: str = '.png') -> str:
         return os.path.join(self.root, kind, name + ext)
 
-    def is_done(self, name: str) -> bool:
-        return os.path.isfile(self.path('records', name, '.json')) and os.path.isfile(self.path('masks', name))
+    def read_record(self, name: str) -> dict | None:
+        try:
+            return _read_record(self.path('records', name, '.json'))
+        except (OSError, ValueError):
+            return None
+
+    def reason_to_compute(self, name: str, inputs: dict) -> str | None:
+        """None when ``name``'s record matches the settings and inputs and its files exist; else why not."""
+        rec = self.read_record(name)
+        if rec is None:
+            return 'new'
+        fp = rec.get('fingerprint') or {}
+        if not fp:
+            return 'record without a fingerprint (earlier version)'
+        if fp.get('settings') != self.settings_fp:
+            keys = changed_keys(rec.get('settings') or {}, self.settings)
+            return 'settings changed: ' + (', '.join(keys[:4]) + (' ...' if len(keys) > 4 else '') if keys else '?')
+        if fp.get('inputs') != settings_hash(inputs):
+            return 'input file changed'
+        needed = [rec.get('mask'), rec.get('d_map'), rec.get('overlay') if self.save_overlays else None]
+        if self.save_sr:
+            needed += [rec.get('mse_sr'), rec.get('gan_sr')]
+        if any(p and not os.path.isfile(p) for p in needed):
+            return 'output files missing'
+        return None
 
     def write(self, name: str, mask: np.ndarray, maps: dict, mse: np.ndarray, gan: np.ndarray, sources: dict,
               artifact_low: bool) -> dict:
         """``sources``: paths of the ``lr`` / ``mse_sr`` / ``gan_sr`` inputs (None where there is no file)."""
+        import cv2
+
+        rec_path = self.path('records', name, '.json')
+        if os.path.exists(rec_path):
+            os.remove(rec_path)  # an interrupted recompute must not leave the old record over new files
+        written = set()
         if self.save_sr:
             imwrite_atomic(np.clip(mse, 0, 255).round().astype(np.uint8), self.path('MSE-SR', name))
             imwrite_atomic(np.clip(gan, 0, 255).round().astype(np.uint8), self.path('GAN-SR', name))
+            written |= {'MSE-SR', 'GAN-SR'}
         if self.save_maps:
             for key in ('D', 'S'):
                 if maps.get(key) is not None:
                     with atomic_open(self.path(f'maps/{key}', name, '.npy')) as f:
                         np.save(f, np.asarray(maps[key], np.float32))
+                    written.add(f'maps/{key}')
             if maps.get('labels') is not None:
                 imwrite_atomic(np.asarray(maps['labels']).astype(np.uint8), self.path('labels', name))
+                written.add('labels')
         imwrite_atomic(map_to_color(maps['D'], artifact_low), self.path('vis/D', name))
         if self.save_overlays:
             imwrite_atomic(overlay_mask(gan, mask), self.path('overlays', name))
+            written.add('overlays')
+        for kind, ext in self.OPTIONAL:  # outputs of an earlier run with other output settings
+            stale = self.path(kind, name, ext)
+            if kind not in written and os.path.isfile(stale):
+                os.remove(stale)
         imwrite_atomic(mask, self.path('masks', name))
         n_regions = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)[0] - 1
+        inputs = {k: file_identity(v) for k, v in sources.items() if v}
         record = {'name': name, 'height': int(mask.shape[0]), 'width': int(mask.shape[1]),
                   'artifact_pixels': int((mask > 0).sum()), 'artifact_fraction': float((mask > 0).mean()),
                   'regions': int(n_regions), 'lr': sources.get('lr'),
                   'mse_sr': self.path('MSE-SR', name) if self.save_sr else sources.get('mse_sr'),
                   'gan_sr': self.path('GAN-SR', name) if self.save_sr else sources.get('gan_sr'),
                   'mask': self.path('masks', name), 'd_map': self.path('vis/D', name),
-                  'overlay': self.path('overlays', name) if self.save_overlays else None}
-        with atomic_open(self.path('records', name, '.json'), 'w') as f:
+                  'overlay': self.path('overlays', name) if self.save_overlays else None,
+                  'fingerprint': {'settings': self.settings_fp, 'inputs': settings_hash(inputs)},
+                  'settings': self.settings, 'inputs': inputs}
+        with atomic_open(rec_path, 'w') as f:
             json.dump(record, f)
         return record
 
@@ -195,16 +329,25 @@ class DetectionWriter:
 # ------------------------------------------------------------------------------------------------ options
 def parse_detect_options(argv=None) -> dict:
     args = build_arg_parser('Detect GAN-SR artifacts (DeSRA).', is_train=False).parse_args(argv)
+    get_root_logger(None, int(os.environ.get('RANK', '0') or 0))
     opt = load_yaml_file(args.opt)
     apply_force_yml(opt, args.force_yml)
-    validate_detect_options(opt)
-    rank, world = dist_utils.init_dist(args.launcher, opt.get('dist_params') or {})
+    warnings: list[str] = []
+    validate_detect_options(opt, warnings)
+    report_warnings(warnings)
+    apply_image_limit(opt)
+    opt['_plan'] = preflight(opt)  # every input checked before torch is imported
+    rank, world = 0, 1
+    if args.launcher != 'none':
+        from desra.engine import dist as dist_utils
+
+        rank, world = dist_utils.init_dist(args.launcher, opt.get('dist_params') or {})
     opt['rank'], opt['world_size'] = rank, world
     return opt
 
 
-def validate_detect_options(opt: dict) -> None:
-    check_schema(opt, DETECT_SCHEMA, '')
+def validate_detect_options(opt: dict, warnings: list | None = None) -> None:
+    check_schema(opt, DETECT_SCHEMA, '', warnings)
     inp = opt['input']
     mode_a, mode_b = bool(inp.get('lr')), bool(inp.get('mse_sr') or inp.get('gan_sr'))
     if mode_a == mode_b:
@@ -219,13 +362,50 @@ def validate_detect_options(opt: dict) -> None:
                 raise ConfigError(f'{key}: missing required key for input.lr (network + path of the generator)')
         if 'scale' not in opt:
             raise ConfigError('scale: missing required key for input.lr (the generators\' upscaling factor)')
+    import desra.detection.detectors  # noqa: F401  (torch-free: registers the detectors)
+
+    import_user_modules(opt.get('import_modules'))
+    DETECTOR_REGISTRY.build(dict(opt['detector']), 'detector')  # type and arguments, before any input is read
+
+
+def output_root(opt: dict) -> str:
+    return (opt.get('output') or {}).get('root') or os.path.join('results', opt['name'])
+
+
+# ------------------------------------------------------------------------------------------------ fingerprint
+def _model_identity(model_opt: dict) -> dict:
+    return {'network': model_opt['network'], 'param_key': model_opt.get('param_key', 'params_ema'),
+            'strict': model_opt.get('strict', True), 'weights': weights_identity(model_opt['path'])}
+
+
+def detection_settings(opt: dict, mode: str, uses_semantics: bool) -> dict:
+    """Everything besides the input files that decides a record's outputs (hashed into its fingerprint)."""
+    out_opt = opt.get('output') or {}
+    settings = {'version': RECORD_VERSION, 'mode': mode, 'detector': dict(opt['detector']),
+                'outputs': {'save_sr': out_opt.get('save_sr', mode == 'lr'),
+                            'save_maps': out_opt.get('save_maps', False),
+                            'save_overlays': out_opt.get('save_overlays', True)}}
+    if mode == 'lr':
+        settings.update(scale=opt['scale'], tile_size=opt.get('tile_size', 0), tile_pad=opt.get('tile_pad', 10),
+                        mse_model=_model_identity(opt['mse_model']), gan_model=_model_identity(opt['gan_model']))
+    if uses_semantics:
+        seg = opt.get('segmenter')
+        seg = dict(seg) if isinstance(seg, dict) else {'type': 'none'}
+        if isinstance(seg.get('model'), str) and os.path.exists(seg['model']):
+            seg['model'] = weights_identity(seg['model'])  # a local folder counts by its content, not its path
+        settings['segmenter'] = seg
+        cw = opt.get('class_weights')
+        settings['class_weights'] = weights_identity(cw) if isinstance(cw, str) and os.path.isfile(cw) else cw
+    return settings
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
-def _load_generator(model_opt: dict, key: str, device):
-    from desra.models.base_model import build_network, load_pretrained
+def _load_generator(model_opt: dict, key: str, device, scale: int | None = None):
+    from desra.models.base_model import build_network, check_network_scale, load_pretrained
 
     net = build_network(model_opt['network'], f'{key}.network').to(device).eval()
+    if scale is not None:
+        check_network_scale(net, scale, f'{key}.network')
     load_pretrained(net, model_opt['path'], model_opt.get('param_key', 'params_ema'), model_opt.get('strict', True),
                     f'{key}.path')
     return net
@@ -245,93 +425,119 @@ def _lr_batches(names: list[str], paths: dict, batch_size: int):
         yield batch, imgs
 
 
+def _summarise_reasons(reasons: dict[str, str]) -> str:
+    counts = Counter(reasons.values())
+    return '; '.join(f'{n} {why}' for why, n in counts.most_common())
+
+
 def detect_pipeline(opt: dict) -> dict:
-    """Run detection as the options say; returns ``{'processed', 'skipped', 'records', 'root'}``."""
+    """Run detection as the options say; returns ``{'processed', 'skipped', 'records', 'root', 'reasons'}``."""
+    import torch
+
     import desra.detection.detectors  # noqa: F401  (registers the detectors)
     from desra.detection.segmenters import build_segmenter
     from desra.detection.semantics import load_class_weights
+    from desra.engine import dist as dist_utils
     from desra.inference import tiled_forward
 
     rank, world = opt.get('rank', 0), opt.get('world_size', 1)
+    get_root_logger(None, rank)
     import_user_modules(opt.get('import_modules'))
+    plan = opt.get('_plan') or preflight(opt)
+    root = output_root(opt)
     out_opt = opt.get('output') or {}
-    root = out_opt.get('root') or os.path.join('results', opt['name'])
-    get_root_logger(os.path.join(root, f"detect_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log"), rank)
     device = dist_utils.get_device(opt.get('num_gpu', 'auto'))
-    inp = opt['input']
-    mode_a = bool(inp.get('lr'))
+    mode_a = plan['mode'] == 'lr'
+    names, sources = plan['names'], plan['sources']
 
+    # ---- everything that can fail on user input, before the output root is touched
     det_opt = dict(opt['detector'])
     detector = DETECTOR_REGISTRY.build(det_opt, 'detector')
     artifact_low = det_opt['type'] == 'desra'
+    uses_semantics = getattr(detector, 'uses_semantics', False)
     segmenter, class_weights = None, None
-    if getattr(detector, 'uses_semantics', False):
+    if uses_semantics:
         segmenter = build_segmenter(opt.get('segmenter'), device, key_path='segmenter')
         if opt.get('class_weights') is not None:
             class_weights = load_class_weights(opt['class_weights'])
         elif segmenter is not None and not _is_none_segmenter(segmenter):
             logger.warning('class_weights is not set: every class gets weight 1')
-
     if mode_a:
-        lr_images, ignored = list_images(inp['lr'], 'input.lr')
-        if ignored:
-            logger.warning('Ignoring %d non-image file(s) in %s: %s', len(ignored), inp['lr'], ', '.join(ignored[:5]))
-        names = sorted(lr_images)
-    else:
-        names, mse_paths, gan_paths = pair_sr_folders(inp['mse_sr'], inp['gan_sr'])
+        mse_net = _load_generator(opt['mse_model'], 'mse_model', device, opt['scale'])
+        gan_net = _load_generator(opt['gan_model'], 'gan_model', device, opt['scale'])
+    settings = detection_settings(opt, plan['mode'], uses_semantics)
     writer = DetectionWriter(root, out_opt.get('save_maps', False), out_opt.get('save_overlays', True),
-                             out_opt.get('save_sr', mode_a))
-    mine = names[rank::world]
-    todo = [n for n in mine if not writer.is_done(n)]
-    skipped = len(mine) - len(todo)
-    if skipped:
-        logger.info('Skipping %d image(s) already done in %s', skipped, root)
+                             out_opt.get('save_sr', mode_a), settings)
 
-    if mode_a and todo:
-        mse_net = _load_generator(opt['mse_model'], 'mse_model', device)
-        gan_net = _load_generator(opt['gan_model'], 'gan_model', device)
+    lock = FolderLock(root, 'detection output root')
+    dist_utils.call_on_rank0(lock.acquire)
+    log_file = os.path.join(root, f"detect_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log")
+    try:
+        if rank == 0:
+            get_root_logger(log_file, rank)
+            removed = remove_stale_temp_files(root)
+            if removed:
+                logger.info('Removed %d temporary file(s) left by an interrupted run in %s', len(removed), root)
+        dist_utils.barrier()
 
-    records = []
-    progress = tqdm(total=len(todo), desc='detect', unit='img', disable=rank != 0 or None)
-    if mode_a:
-        for batch, lrs in _lr_batches(todo, lr_images, opt.get('batch_size', 1)):
-            lq = torch.from_numpy(np.stack([lr[..., ::-1] for lr in lrs]).copy()).permute(0, 3, 1, 2) / 255.0
-            srs = []
-            for net in (mse_net, gan_net):
-                sr = tiled_forward(net, lq.to(device), opt['scale'], tile_size=opt.get('tile_size', 0),
-                                   tile_pad=opt.get('tile_pad', 10), mod_pad=getattr(net, 'mod_pad', 1))
-                # rounded to uint8 as saved SR images are, so mode (a) and mode (b) see the same numbers
-                srs.append((sr.float().clamp(0, 1) * 255).round().permute(0, 2, 3, 1).cpu().numpy()[..., ::-1])
-            labels = _segment(segmenter, list(srs[1]), device)
-            for i, name in enumerate(batch):
-                records.append(_detect_one(name, srs[0][i], srs[1][i], labels[i], {'lr': lr_images[name]},
-                                           detector, class_weights, writer, artifact_low))
+        mine = names[rank::world]
+        reasons = {}
+        for n in mine:
+            why = writer.reason_to_compute(n, {k: file_identity(v) for k, v in sources[n].items()})
+            if why is not None:
+                reasons[n] = why
+        todo = [n for n in mine if n in reasons]
+        skipped = len(mine) - len(todo)
+        if todo:
+            logger.info('Computing %d of %d image(s) in %s (%s)%s', len(todo), len(mine), root,
+                        _summarise_reasons(reasons), f'; {skipped} unchanged, skipped' if skipped else '')
+        elif skipped:
+            logger.info('All %d image(s) are up to date in %s (same settings and inputs): skipped', skipped, root)
+
+        records = []
+        progress = Progress(len(todo), 'detect', unit='img', enabled=rank == 0)
+        if mode_a:
+            lr_paths = {n: sources[n]['lr'] for n in todo}
+            for batch, lrs in _lr_batches(todo, lr_paths, opt.get('batch_size', 1)):
+                lq = torch.from_numpy(np.stack([lr[..., ::-1] for lr in lrs]).copy()).permute(0, 3, 1, 2) / 255.0
+                srs = []
+                for net in (mse_net, gan_net):
+                    sr = tiled_forward(net, lq.to(device), opt['scale'], tile_size=opt.get('tile_size', 0),
+                                       tile_pad=opt.get('tile_pad', 10), mod_pad=getattr(net, 'mod_pad', 1))
+                    # rounded to uint8 as saved SR images are, so mode (a) and mode (b) see the same numbers
+                    srs.append((sr.float().clamp(0, 1) * 255).round().permute(0, 2, 3, 1).cpu().numpy()[..., ::-1])
+                labels = _segment(segmenter, list(srs[1]), device)
+                for i, name in enumerate(batch):
+                    records.append(_detect_one(name, srs[0][i], srs[1][i], labels[i], sources[name],
+                                               detector, class_weights, writer, artifact_low))
+                    progress.update(1)
+        else:
+            for name in todo:
+                src = sources[name]
+                mse, gan = read_sr_image(src['mse_sr']), read_sr_image(src['gan_sr'])
+                if mse.shape != gan.shape:  # headers Pillow could not read are checked here
+                    raise _pair_size_error(src['mse_sr'], mse.shape[:2], src['gan_sr'], gan.shape[:2])
+                labels = _segment(segmenter, [gan], device)[0]
+                records.append(_detect_one(name, mse, gan, labels, src, detector, class_weights, writer,
+                                           artifact_low))
                 progress.update(1)
-    else:
-        for name in todo:
-            mse, gan = read_sr_image(mse_paths[name]), read_sr_image(gan_paths[name])
-            if mse.shape != gan.shape:
-                raise DataError(f"MSE-SR {mse_paths[name]} is {mse.shape[1]}x{mse.shape[0]} but GAN-SR "
-                                f"{gan_paths[name]} is {gan.shape[1]}x{gan.shape[0]} (WxH); the pair must match")
-            sources = {'mse_sr': mse_paths[name], 'gan_sr': gan_paths[name]}
-            labels = _segment(segmenter, [gan], device)[0]
-            records.append(_detect_one(name, mse, gan, labels, sources, detector, class_weights, writer,
-                                       artifact_low))
-            progress.update(1)
-    progress.close()
-    dist_utils.barrier()
-    if rank == 0:
-        all_records = [_read_record(writer.path('records', n, '.json')) for n in names
-                       if os.path.isfile(writer.path('records', n, '.json'))]
-        _write_summary(root, all_records)
-        if out_opt.get('html', True):
-            from desra.detection.gallery import write_gallery
+        progress.close()
+        dist_utils.barrier()
+        if rank == 0:
+            all_records = [r for r in (writer.read_record(n) for n in names) if r is not None]
+            write_summary(root, all_records)
+            if out_opt.get('html', True):
+                from desra.detection.gallery import write_gallery
 
-            html = write_gallery(root, all_records, title=f"{opt['name']}: {det_opt['type']} detections",
-                                 overlays=writer.save_overlays)
-            logger.info('Gallery: %s', html)
-        logger.info('%d image(s) processed, %d skipped; results in %s', len(todo), skipped, root)
-    return {'processed': len(todo), 'skipped': skipped, 'records': records, 'root': root}
+                html = write_gallery(root, all_records, title=f"{opt['name']}: {det_opt['type']} detections",
+                                     overlays=writer.save_overlays)
+                logger.info('Gallery: %s', html)
+            logger.info('%d image(s) processed, %d skipped; results in %s', len(todo), skipped, root)
+        dist_utils.barrier()
+    finally:
+        detach_log_file(log_file)
+        lock.release()
+    return {'processed': len(todo), 'skipped': skipped, 'records': records, 'root': root, 'reasons': reasons}
 
 
 def _is_none_segmenter(segmenter) -> bool:
@@ -340,6 +546,8 @@ def _is_none_segmenter(segmenter) -> bool:
 
 def _segment(segmenter, gans: list[np.ndarray], device) -> list:
     """Label maps of GAN-SR images (H x W x 3 BGR, uint8 range), one segmenter call for the whole batch."""
+    import torch
+
     if segmenter is None:
         return [None] * len(gans)
     rgb = torch.from_numpy(np.stack([g[..., ::-1] for g in gans]) / 255.0).permute(0, 3, 1, 2).float()
@@ -350,6 +558,8 @@ def _segment(segmenter, gans: list[np.ndarray], device) -> list:
 
 
 def _detect_one(name, mse, gan, labels, sources, detector, class_weights, writer, artifact_low):
+    import torch
+
     mask, maps = detector(mse, gan, labels=labels, class_weights=class_weights)
     mask = np.asarray(mask, np.uint8)
     maps = {k: (v.cpu().numpy() if torch.is_tensor(v) else v) for k, v in (maps or {}).items()}
@@ -367,9 +577,16 @@ def _read_record(path: str) -> dict:
         return json.load(f)
 
 
-def _write_summary(root: str, records: list[dict]) -> None:
+SUMMARY_COLUMNS = ('name', 'height', 'width', 'artifact_pixels', 'artifact_fraction', 'regions')
+
+
+def write_summary(root: str, records: list[dict]) -> None:
+    """``summary.csv`` (RFC 4180 quoting; names not valid UTF-8 are shown with ``\\xNN`` escapes)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator='\n')
+    w.writerow(SUMMARY_COLUMNS)
+    for r in records:
+        w.writerow([display_name(r['name']), r['height'], r['width'], r['artifact_pixels'],
+                    f"{r['artifact_fraction']:.6f}", r['regions']])
     with atomic_open(os.path.join(root, 'summary.csv'), 'w') as f:
-        f.write('name,height,width,artifact_pixels,artifact_fraction,regions\n')
-        for r in records:
-            f.write(f"{r['name']},{r['height']},{r['width']},{r['artifact_pixels']},{r['artifact_fraction']:.6f},"
-                    f"{r['regions']}\n")
+        f.write(buf.getvalue())

@@ -7,19 +7,29 @@ written last, so a state file on disk always has complete network files beside i
 from __future__ import annotations
 
 import glob
+import hashlib
+import io
 import os
 import random
 
 import numpy as np
 import torch
 
-from desra.atomic import atomic_open
+from desra.atomic import atomic_write_bytes
 
 
-def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save`` through :func:`desra.atomic.atomic_open`: an interrupted write never replaces ``path``."""
-    with atomic_open(path) as f:
-        torch.save(obj, f)
+def atomic_torch_save(obj, path: str) -> dict:
+    """``torch.save`` to memory, then :func:`desra.atomic.atomic_write_bytes`: an interrupted write never replaces
+    ``path``, and a full disk is one :class:`~desra.errors.OutputError` line naming the file and its size.
+
+    Returns ``{'size': bytes, 'sha256': hex}`` of the written file (recorded in training states).
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    view = buf.getbuffer()
+    digest = hashlib.sha256(view).hexdigest()
+    atomic_write_bytes(path, view)
+    return {'size': view.nbytes, 'sha256': digest}
 
 
 def list_training_states(state_dir: str) -> list[int]:

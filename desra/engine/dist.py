@@ -104,3 +104,26 @@ def all_gather_object(obj) -> list:
     out = [None] * world
     dist.all_gather_object(out, obj)
     return out
+
+
+def call_on_rank0(fn):
+    """Run ``fn()`` on rank 0 only; a :class:`~desra.errors.UserError` it raises is raised on every rank.
+
+    Used for the steps only the first process performs (locking and preparing an output folder), so that a
+    refusal stops all processes with the same message instead of leaving the others waiting at a barrier.
+    """
+    import desra.errors as errors
+
+    rank, world = get_dist_info()
+    result, failure = None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except errors.UserError as e:
+            failure = (type(e).__name__, str(e))
+    if world > 1:
+        failure = all_gather_object(failure)[0]
+    if failure is not None:
+        cls = getattr(errors, failure[0], errors.UserError)
+        raise cls(failure[1])
+    return result

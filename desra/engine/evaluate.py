@@ -9,16 +9,18 @@ import os
 import time
 
 import torch
-from tqdm import tqdm
 
+from desra.atomic import atomic_open
 from desra.data.build import build_dataset, build_eval_loader
 from desra.data.io import imwrite_atomic, tensor2img
 from desra.engine import dist as dist_utils
-from desra.engine.logger import get_root_logger
-from desra.engine.validation import compute_metrics
+from desra.engine.logger import detach_log_file, get_root_logger
+from desra.engine.validation import check_metric_options, compute_metrics
 from desra.inference import tiled_forward
-from desra.models.base_model import build_network, load_pretrained
+from desra.models.base_model import build_network, check_network_scale, load_pretrained
 from desra.registry import import_user_modules
+from desra.utils.images import display_name
+from desra.utils.progress import Progress
 
 logger = logging.getLogger('desra')
 
@@ -33,13 +35,16 @@ def format_markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def test_pipeline(opt: dict) -> list[dict]:
-    """Evaluate ``network_g`` on every ``datasets.*`` entry; returns one summary row per dataset."""
+    """Evaluate ``network_g`` on every ``datasets.*`` entry; returns one summary row per dataset.
+
+    The network, its weights, the data sets and the metric options are all checked before ``results/<name>``
+    is created.
+    """
+    get_root_logger()
     import_user_modules(opt.get('import_modules'))
     device = dist_utils.get_device(opt.get('num_gpu', 'auto'))
-    os.makedirs(opt['path']['results_root'], exist_ok=True)
-    get_root_logger(os.path.join(opt['path']['log'], f"test_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log"))
-
     net = build_network(opt['network_g'], 'network_g').to(device).eval()
+    check_network_scale(net, opt['scale'], 'network_g')
     path = opt.get('path') or {}
     if path.get('pretrain_network_g'):
         load_pretrained(net, path['pretrain_network_g'], path.get('param_key_g', 'params'),
@@ -48,38 +53,48 @@ def test_pipeline(opt: dict) -> list[dict]:
         logger.warning('path.pretrain_network_g is not set: testing a randomly initialised network')
     val_opt = opt.get('val') or {}
     metrics_opt = val_opt.get('metrics') or {}
+    check_metric_options(metrics_opt, 'val.metrics')
     save_img = val_opt.get('save_img', True)
+    datasets = [(key, ds_opt, build_dataset(ds_opt, f'datasets.{key}')) for key, ds_opt in opt['datasets'].items()]
 
+    os.makedirs(opt['path']['results_root'], exist_ok=True)
+    log_file = os.path.join(opt['path']['log'], f"test_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log")
+    get_root_logger(log_file)
     rows = []
-    for key, ds_opt in opt['datasets'].items():
-        dataset = build_dataset(ds_opt, f'datasets.{key}')
-        loader = build_eval_loader(dataset, ds_opt)
-        name = ds_opt.get('name', key)
-        sums, count = {m: 0.0 for m in metrics_opt}, 0
-        per_image = []
-        for data in tqdm(loader, desc=name, unit='img', disable=None, leave=False):
-            with torch.no_grad():
-                sr = tiled_forward(net, data['lq'].to(device), opt['scale'], tile_size=val_opt.get('tile_size', 0),
-                                   tile_pad=val_opt.get('tile_pad', 10), mod_pad=getattr(net, 'mod_pad', 1))
-            sr = sr.float().clamp_(0, 1).cpu()
-            sr_img = tensor2img(sr)
-            img_name = os.path.splitext(os.path.basename(data['lq_path'][0]))[0]
-            if save_img:
-                suffix = val_opt.get('suffix') or opt['name']
-                imwrite_atomic(sr_img, os.path.join(opt['path']['visualization'], name, f'{img_name}_{suffix}.png'))
-            if 'gt' in data and metrics_opt:
-                values = compute_metrics(metrics_opt, sr, data['gt'], sr_img, tensor2img(data['gt']))
-                for m, v in values.items():
-                    sums[m] += v
-                count += 1
-                per_image.append({'image': img_name, **values})
-        row = {'dataset': name, 'images': len(dataset)}
-        if count:
-            row.update({m: s / count for m, s in sums.items()})
-            logger.info('%s:\n%s', name, format_markdown_table(per_image, ['image', *metrics_opt]))
-        rows.append(row)
-    table = format_markdown_table(rows, ['dataset', 'images', *metrics_opt])
-    print(table)
-    with open(os.path.join(opt['path']['results_root'], 'metrics.md'), 'w', encoding='utf-8') as f:
-        f.write(table + '\n')
+    try:
+        for key, ds_opt, dataset in datasets:
+            loader = build_eval_loader(dataset, ds_opt)
+            name = ds_opt.get('name', key)
+            sums, count = {m: 0.0 for m in metrics_opt}, 0
+            per_image = []
+            progress = Progress(len(dataset), f'test {name}', unit='img')
+            for data in loader:
+                with torch.no_grad():
+                    sr = tiled_forward(net, data['lq'].to(device), opt['scale'], tile_size=val_opt.get('tile_size', 0),
+                                       tile_pad=val_opt.get('tile_pad', 10), mod_pad=getattr(net, 'mod_pad', 1))
+                sr = sr.float().clamp_(0, 1).cpu()
+                sr_img = tensor2img(sr)
+                img_name = os.path.splitext(os.path.basename(data['lq_path'][0]))[0]
+                if save_img:
+                    suffix = val_opt.get('suffix') or opt['name']
+                    imwrite_atomic(sr_img, os.path.join(opt['path']['visualization'], name, f'{img_name}_{suffix}.png'))
+                if 'gt' in data and metrics_opt:
+                    values = compute_metrics(metrics_opt, sr, data['gt'], sr_img, tensor2img(data['gt']))
+                    for m, v in values.items():
+                        sums[m] += v
+                    count += 1
+                    per_image.append({'image': display_name(img_name), **values})
+                progress.update()
+            progress.close()
+            row = {'dataset': name, 'images': len(dataset)}
+            if count:
+                row.update({m: s / count for m, s in sums.items()})
+                logger.info('%s:\n%s', name, format_markdown_table(per_image, ['image', *metrics_opt]))
+            rows.append(row)
+        table = format_markdown_table(rows, ['dataset', 'images', *metrics_opt])
+        print(table)
+        with atomic_open(os.path.join(opt['path']['results_root'], 'metrics.md'), 'w') as f:
+            f.write(table + '\n')
+    finally:
+        detach_log_file(log_file)
     return rows

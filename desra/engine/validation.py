@@ -12,6 +12,41 @@ from desra.engine import dist as dist_utils
 logger = logging.getLogger('desra')
 
 
+def check_metric_options(metrics_opt: dict, key_path: str = 'val.metrics') -> None:
+    """Check every metric block before training starts: a registered ``type`` and arguments it accepts.
+
+    A typo (``crop_borders``) would otherwise stop the run at its first validation, hours in.
+    """
+    import inspect
+
+    import desra.metrics  # noqa: F401  (registers the metrics)
+    from desra.config import unknown_key_error
+    from desra.errors import ConfigError
+    from desra.registry import METRIC_REGISTRY
+
+    for name, m_opt in (metrics_opt or {}).items():
+        kp = f'{key_path}.{name}'
+        if not isinstance(m_opt, dict) or 'type' not in m_opt:
+            raise ConfigError(f'{kp}.type: missing required key (a registered metric name, e.g. calculate_psnr)')
+        fn = METRIC_REGISTRY.get(m_opt['type'], f'{kp}.type')
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            continue
+        named = {n: p for n, p in params.items() if n not in ('img', 'img2', 'self')
+                 and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        # the built-in metrics take **kwargs for BasicSR compatibility; their named arguments are the options
+        open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values()) \
+            and not getattr(fn, '__module__', '').startswith('desra.')
+        if not open_kwargs:
+            for key in m_opt:
+                if key != 'type' and key not in named:
+                    raise unknown_key_error(kp, key, named)
+        for n, p in named.items():
+            if p.default is p.empty and n not in m_opt:
+                raise ConfigError(f'{kp}.{n}: missing required key for {m_opt["type"]}')
+
+
 def compute_metrics(metrics_opt: dict, sr: torch.Tensor, gt: torch.Tensor, sr_img: np.ndarray,
                     gt_img: np.ndarray, key_path: str = 'val.metrics') -> dict:
     """Evaluate each ``{name: {type: calculate_psnr, crop_border: 4, ...}}`` entry on one image pair.

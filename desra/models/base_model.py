@@ -57,6 +57,23 @@ def unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, DistributedDataParallel) else net
 
 
+def network_scale(net: nn.Module) -> int | None:
+    """The upscaling factor a generator declares (``scale``, ``upscale`` or ``upscaling_factor``), if any."""
+    for attr in ('scale', 'upscale', 'upscaling_factor'):
+        value = getattr(unwrap(net), attr, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def check_network_scale(net: nn.Module, scale: int, key_path: str = 'network_g') -> None:
+    """ConfigError when the generator upscales by another factor than the options' ``scale``."""
+    own = network_scale(net)
+    if own is not None and own != scale:
+        raise ConfigError(f"scale: {scale}, but {key_path} ({type(unwrap(net)).__name__}) upscales x{own}; set "
+                          f"scale and the generator's scale/upscale option to the same factor")
+
+
 def load_pretrained(net: nn.Module, path: str, param_key: str, strict: bool, key_path: str) -> None:
     from desra.archs.checkpoint_io import load_network_weights
 
@@ -81,6 +98,8 @@ class BaseModel:
         self.log_dict: OrderedDict = OrderedDict()
 
         self.net_g = build_network(opt['network_g'], 'network_g').to(device)
+        if 'scale' in opt:
+            check_network_scale(self.net_g, opt['scale'], 'network_g')
         path = opt.get('path') or {}
         if path.get('pretrain_network_g'):
             load_pretrained(self.net_g, path['pretrain_network_g'], path.get('param_key_g', 'params'),
@@ -189,12 +208,16 @@ class BaseModel:
         return out.float()
 
     # ---------------------------------------------------------------------------------------- checkpoints
-    def save_networks(self, models_dir: str, current_iter: int | str) -> None:
-        """``net_g_<iter>.pth`` = ``{'params': G, 'params_ema': EMA}``; GAN models add ``net_d_<iter>.pth``."""
+    def save_networks(self, models_dir: str, current_iter: int | str) -> dict:
+        """``net_g_<iter>.pth`` = ``{'params': G, 'params_ema': EMA}``; GAN models add ``net_d_<iter>.pth``.
+
+        Returns ``{file name: {'size', 'sha256'}}`` of the files written (recorded in the training state).
+        """
         g = {'params': _cpu_state(unwrap(self.net_g))}
         if self.ema is not None:
             g['params_ema'] = _cpu_state(self.ema.module)
-        atomic_torch_save(g, os.path.join(models_dir, f'net_g_{current_iter}.pth'))
+        name = f'net_g_{current_iter}.pth'
+        return {name: atomic_torch_save(g, os.path.join(models_dir, name))}
 
     def load_networks(self, models_dir: str, current_iter: int) -> None:
         path = os.path.join(models_dir, f'net_g_{current_iter}.pth')

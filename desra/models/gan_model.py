@@ -173,10 +173,11 @@ class GANModel(BaseModel):
         return OrderedDict((k, v.detach()) for k, v in loss_dict.items())
 
     # ---------------------------------------------------------------------------------------- checkpoints
-    def save_networks(self, models_dir: str, current_iter) -> None:
-        super().save_networks(models_dir, current_iter)
-        atomic_torch_save({'params': _cpu_state(unwrap(self.net_d))},
-                          os.path.join(models_dir, f'net_d_{current_iter}.pth'))
+    def save_networks(self, models_dir: str, current_iter) -> dict:
+        files = super().save_networks(models_dir, current_iter)
+        name = f'net_d_{current_iter}.pth'
+        files[name] = atomic_torch_save({'params': _cpu_state(unwrap(self.net_d))}, os.path.join(models_dir, name))
+        return files
 
     def load_networks(self, models_dir: str, current_iter: int) -> None:
         super().load_networks(models_dir, current_iter)
