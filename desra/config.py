@@ -411,6 +411,11 @@ def validate_options(opt: dict, is_train: bool = True, warnings: list | None = N
     """Raise :class:`ConfigError` naming the key path of the first unknown, missing, mistyped or out-of-range
     option; returns ``opt`` with counts normalised to integers. Ignored BasicSR keys add lines to ``warnings``."""
     check_schema(opt, _TRAIN_SCHEMA if is_train else _TEST_SCHEMA, '', warnings)
+    if warnings is not None:
+        for key in ('l1_gt_usm', 'percep_gt_usm', 'gan_gt_usm'):
+            if opt.get(key):
+                warnings.append(f'{key}: accepted and ignored (USM-sharpened targets are not implemented yet; the '
+                                f'losses use the plain GT)')
     if is_train:
         freq = opt.get('val', {}) or {}
         if freq and 'val_freq' in freq and not any(k.startswith('val') for k in opt['datasets']):

@@ -75,7 +75,13 @@ def make_photos(out_dir: str, names: list[str], max_side: int) -> dict:
     import skimage.data
     from PIL import Image
 
-    from desra.data.io import imwrite_atomic
+    from desra.data.io import imread, imwrite_atomic
+
+    def write_if_changed(img, path):
+        # the same pixels keep the same file (and mtime): a second `make demo` skips the detection
+        if os.path.isfile(path) and np.array_equal(imread(path), img):
+            return
+        imwrite_atomic(img, path)
 
     sizes = {}
     for name in names:
@@ -86,8 +92,8 @@ def make_photos(out_dir: str, names: list[str], max_side: int) -> dict:
             img = np.repeat(img[..., None], 3, axis=2)
         rgb = np.ascontiguousarray(img[y:y + h, x:x + w, :3])
         lr = np.asarray(Image.fromarray(rgb).resize((w // 4, h // 4), Image.BICUBIC))
-        imwrite_atomic(rgb[..., ::-1], os.path.join(out_dir, 'HR', f'{name}.png'))
-        imwrite_atomic(np.ascontiguousarray(lr[..., ::-1]), os.path.join(out_dir, 'LR', f'{name}.png'))
+        write_if_changed(np.ascontiguousarray(rgb[..., ::-1]), os.path.join(out_dir, 'HR', f'{name}.png'))
+        write_if_changed(np.ascontiguousarray(lr[..., ::-1]), os.path.join(out_dir, 'LR', f'{name}.png'))
         sizes[name] = (w // 4, h // 4)
     return sizes
 
