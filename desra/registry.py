@@ -85,7 +85,9 @@ class Registry:
                 unknown = [k for k in kwargs if k not in sig.parameters]
                 if unknown:
                     accepted = [p for p in sig.parameters if p not in ('self', 'args', 'kwargs')]
-                    raise ConfigError(f"{key_path}.{unknown[0]}: unknown option for {opt['type']}; "
+                    close = difflib.get_close_matches(str(unknown[0]), accepted, n=1, cutoff=0.6)
+                    hint = f"did you mean {close[0]}? " if close else ''
+                    raise ConfigError(f"{key_path}.{unknown[0]}: unknown option for {opt['type']}; {hint}"
                                       f"accepted: {', '.join(accepted)}")
         except (TypeError, ValueError):  # signature not introspectable: let the call decide
             pass

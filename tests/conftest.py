@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny real-PNG paired dataset and helpers to run the CLIs."""
+import json
 import os
+import textwrap
 import subprocess
 import sys
 
@@ -82,3 +84,40 @@ def cli_main(script):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.main
+
+
+def write_opt(path, opt):
+    """Write an option dict as YAML to ``path``; returns the path as a string."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(opt))
+    return str(path)
+
+
+def read_losses(exp_dir):
+    """iteration -> the LAST logged loss dict for it (a resumed run re-logs iterations lost in the crash)."""
+    out = {}
+    with open(os.path.join(exp_dir, 'losses.jsonl')) as f:
+        for line in f:
+            rec = json.loads(line)
+            out[rec.pop('iter')] = rec
+    return out
+
+
+#: Test plugin (``import_modules: [killer_plugin]``): SIGKILL the process right after iteration
+#: ``$DESRA_TEST_KILL_AT`` is logged (never when the variable is unset or 0).
+KILLER_PLUGIN = textwrap.dedent('''
+    import os, signal
+    import desra.engine.trainer as trainer
+
+    KILL_AT = int(os.environ.get('DESRA_TEST_KILL_AT', '0'))
+    _orig = trainer.MessageLogger.__call__
+
+    def _call(self, log_vars):
+        it = log_vars['iter']
+        _orig(self, log_vars)
+        if it == KILL_AT:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    trainer.MessageLogger.__call__ = _call
+''')

@@ -53,7 +53,8 @@ def test_unknown_type_names_key_path_lists_names_and_suggests():
 def test_unknown_constructor_option_names_key_path():
     import desra.archs  # noqa: F401
 
-    with pytest.raises(ConfigError, match=r"^network_g\.num_feats: unknown option for RRDBNet; accepted: "):
+    with pytest.raises(ConfigError, match=r"^network_g\.num_feats: unknown option for RRDBNet; did you mean num_feat\? "
+                                          r"accepted: "):
         ARCH_REGISTRY.build({'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feats': 8}, 'network_g')
 
 

@@ -10,17 +10,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from conftest import REPO, SHARED, cli_env, run_script
+from conftest import REPO, SHARED, cli_env, run_script, write_opt
 from desra.detection.pipeline import read_sr_image
 
 PHOTOS = os.path.join(SHARED, 'data', 'photos')
-
-
-def write_opt(path, opt):
-    path.write_text(yaml.safe_dump(opt))
-    return str(path)
 
 
 def mode_b_opt(mse, gan, root, **detector):

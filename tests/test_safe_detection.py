@@ -15,18 +15,13 @@ from urllib.parse import unquote_to_bytes
 import cv2
 import numpy as np
 import pytest
-import yaml
 from PIL import Image, ImageOps
 
-from conftest import REPO, SHARED, cli_env, cli_main, run_script, tree_snapshot, user_error_in_process
+from conftest import (REPO, SHARED, cli_env, cli_main, run_script, tree_snapshot, user_error_in_process,
+                      write_opt)
 from desra.utils.lock import FolderLock
 
 PHOTOS = os.path.join(SHARED, 'data', 'photos')
-
-
-def write_opt(path, opt):
-    path.write_text(yaml.safe_dump(opt))
-    return str(path)
 
 
 def mode_b(mse, gan, root, **detector):

@@ -159,8 +159,9 @@ def _tiny_args(tiny_data, *extra):
     ('val:metrics:psnr:crop_borders=4', 'val.metrics.psnr.crop_borders: unknown key; did you mean crop_border?'),
     ('datasets:train:batch_size_per_gpus=2', 'datasets.train.batch_size_per_gpus: unknown key; did you mean '
                                              'batch_size_per_gpu?'),
-    ('train:optim_g:momentumm=0.9', "train.optim_g: bad options for Adam: Adam.__init__() got an unexpected keyword "
-                                    "argument 'momentumm'"),
+    ('train:optim_g:amsgradd=true', 'train.optim_g.amsgradd: unknown key; did you mean amsgrad?'),
+    ('network_g:num_feats=8', 'network_g.num_feats: unknown option for RRDBNet; did you mean num_feat? accepted: '
+                              'num_in_ch, num_out_ch, scale, num_feat, num_block, num_grow_ch'),
 ])
 def test_errors_found_when_building_come_before_the_folder(tmp_path, tiny_data, override, message, monkeypatch):
     before = tree_snapshot(tmp_path)

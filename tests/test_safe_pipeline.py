@@ -6,35 +6,16 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import cv2
 import numpy as np
 import torch
 import yaml
 
-from conftest import REPO, cli_env, run_script, tree_snapshot
+from conftest import KILLER_PLUGIN, REPO, cli_env, run_script, tree_snapshot
 from test_pseudo_gt import _make_detection_root, make_pseudo_gt  # noqa: F401  (the script module)
 
 TINY_NET = {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'num_grow_ch': 4}
-
-KILLER = textwrap.dedent('''
-    """Test plugin: SIGKILL the process right after iteration $DESRA_TEST_KILL_AT is logged (if set)."""
-    import os, signal
-    import desra.engine.trainer as trainer
-
-    KILL_AT = int(os.environ.get('DESRA_TEST_KILL_AT', '0'))
-    _orig = trainer.MessageLogger.__call__
-
-    def _call(self, log_vars):
-        it = log_vars['iter']
-        _orig(self, log_vars)
-        if it == KILL_AT:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    trainer.MessageLogger.__call__ = _call
-''')
-
 
 def _ckpt(path, seed):
     from desra.archs.rrdbnet_arch import RRDBNet
@@ -82,7 +63,7 @@ def test_killed_finetune_resumes_and_a_new_total_iter_is_reported(tmp_path):
     _ckpt(tmp_path / 'mse.pth', 0)
     _ckpt(tmp_path / 'gan.pth', 1)
     (tmp_path / 'plugin').mkdir()
-    (tmp_path / 'plugin' / 'killer_plugin.py').write_text(KILLER)
+    (tmp_path / 'plugin' / 'killer_plugin.py').write_text(KILLER_PLUGIN)
     root, exp = tmp_path / 'report', tmp_path / 'report' / 'finetune'
 
     # 1. killed during the fine-tune, after the state of iteration 2 was saved
@@ -135,7 +116,7 @@ def test_second_pipeline_on_a_held_report_root_refuses(tmp_path):
     _ckpt(tmp_path / 'mse.pth', 0)
     _ckpt(tmp_path / 'gan.pth', 1)
     (tmp_path / 'plugin').mkdir()
-    (tmp_path / 'plugin' / 'killer_plugin.py').write_text(KILLER)
+    (tmp_path / 'plugin' / 'killer_plugin.py').write_text(KILLER_PLUGIN)
     with FolderLock(str(tmp_path / 'report'), 'report root'):
         out = _run_loop(tmp_path, 2)
     assert out.returncode == 2

@@ -11,8 +11,8 @@ import textwrap
 import pytest
 import torch
 
-from conftest import (REPO, TINY_GAN_LDL, cli_env, cli_main, data_overrides, run_script, tree_snapshot,
-                      user_error_in_process)
+from conftest import (REPO, TINY_GAN_LDL, cli_env, cli_main, data_overrides, read_losses, run_script,
+                      tree_snapshot, user_error_in_process)
 from desra.engine.checkpoint import list_training_states
 from desra.utils.lock import FolderLock
 
@@ -33,15 +33,6 @@ def train(cwd, data_root, *extra, name='tiny', extra_pythonpath=None, env=None):
         return run_script('train.py', args, cwd, extra_pythonpath)
     return subprocess.run([sys.executable, os.path.join(REPO, 'train.py'), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=300, env=env)
-
-
-def read_losses(exp_dir):
-    out = {}
-    with open(os.path.join(exp_dir, 'losses.jsonl')) as f:
-        for line in f:
-            rec = json.loads(line)
-            out[rec.pop('iter')] = rec
-    return out
 
 
 @pytest.fixture(scope='module')

@@ -1,5 +1,4 @@
 """End-to-end training: experiment layout, checkpoint formats, exact resume after SIGKILL, DDP parity, NaN stop."""
-import json
 import os
 import shutil
 import signal
@@ -10,18 +9,8 @@ import textwrap
 import pytest
 import torch
 
-from conftest import REPO, TINY_GAN_LDL, cli_env, data_overrides, run_script
+from conftest import KILLER_PLUGIN, REPO, TINY_GAN_LDL, cli_env, data_overrides, read_losses, run_script
 from desra.engine.checkpoint import atomic_torch_save, find_latest_state, list_training_states
-
-
-def read_losses(exp_dir):
-    """iteration -> the LAST logged loss dict for it (a resumed run re-logs iterations lost in the crash)."""
-    out = {}
-    with open(os.path.join(exp_dir, 'losses.jsonl')) as f:
-        for line in f:
-            rec = json.loads(line)
-            out[rec.pop('iter')] = rec
-    return out
 
 
 def train(cwd, data_root, *extra, name='tiny', extra_pythonpath=None):
@@ -56,22 +45,7 @@ def test_training_writes_basicsr_layout_and_formats(tmp_path, tiny_data):
     assert 'Validation tiny_val @ iter 10: psnr:' in open(next(exp.glob('train_tiny_*.log'))).read()
 
 
-KILLER = textwrap.dedent('''
-    """Test plugin (import_modules): SIGKILL this process right after iteration KILL_AT is logged."""
-    import os, signal
-    import desra.engine.trainer as trainer
-
-    KILL_AT = int(os.environ['DESRA_TEST_KILL_AT'])
-    _orig = trainer.MessageLogger.__call__
-
-    def _call(self, log_vars):
-        it = log_vars['iter']
-        _orig(self, log_vars)
-        if it == KILL_AT:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    trainer.MessageLogger.__call__ = _call
-''')
+KILLER = KILLER_PLUGIN
 
 
 def test_sigkill_then_auto_resume_reproduces_losses_exactly(tmp_path, tiny_data):

@@ -47,6 +47,14 @@ def build_optimizer(params, optim_opt: dict, key_path: str) -> torch.optim.Optim
         raise ConfigError(f"{key_path}.type: unknown optimizer '{name}'.{hint} Available: {', '.join(_OPTIMIZERS)}")
     if 'betas' in optim_opt:
         optim_opt['betas'] = tuple(optim_opt['betas'])
+    import inspect
+
+    from desra.config import unknown_key_error
+
+    accepted = [p for p in inspect.signature(_OPTIMIZERS[name]).parameters if p not in ('self', 'params')]
+    for key in optim_opt:
+        if key not in accepted:
+            raise unknown_key_error(key_path, key, accepted)
     try:
         return _OPTIMIZERS[name](params, **optim_opt)
     except TypeError as e:
