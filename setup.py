@@ -29,7 +29,8 @@ setup(
     package_data={'desra': ['resources/*']},
     python_requires='>=3.10',
     install_requires=read_requirements(),
-    extras_require={'test': ['pytest', 'scikit-image', 'pillow'], 'demo': ['scikit-image', 'pillow']},
+    extras_require={'test': ['pytest', 'scikit-image', 'pillow', 'lmdb'], 'demo': ['scikit-image', 'pillow'],
+                    'lmdb': ['lmdb']},
     license='Apache-2.0',
     classifiers=['Programming Language :: Python :: 3', 'Topic :: Scientific/Engineering :: Image Processing'],
 )

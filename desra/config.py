@@ -357,6 +357,8 @@ _TRAIN_SCHEMA = Spec(dict, True, {
         'pretrain_network_d': Spec(_STR_OR_NONE), 'param_key_d': Spec(str), 'strict_load_d': Spec(bool),
         'resume_state': Spec(_STR_OR_NONE), 'experiments_root': Spec(str), 'root': Spec(str),
         'ignore_resume_networks': Spec((list, NONE), ignored='every network is restored on resume'),
+        # BasicSR's older names, read as the current ones
+        'pretrain_model_g': Spec(_STR_OR_NONE), 'pretrain_model_d': Spec(_STR_OR_NONE), 'strict_load': Spec(bool),
     }),
     'train': Spec(dict, True, {
         'total_iter': Spec(int, True, check=positive_int),
@@ -370,6 +372,7 @@ _TRAIN_SCHEMA = Spec(dict, True, {
         'perceptual_opt': Spec((dict, NONE), children=_LOSS.children, closed=False),
         'gan_opt': Spec((dict, NONE), children=_LOSS.children, closed=False),
         'artifacts_opt': Spec((dict, NONE), children=_LOSS.children, closed=False),
+        'ldl_opt': Spec((dict, NONE), children=_LOSS.children, closed=False),
         'net_d_iters': Spec(int, check=positive_int), 'net_d_init_iters': Spec(int, check=nonneg_int),
         'relativistic_gan': Spec(bool),
         'use_amp': Spec(bool), 'amp_dtype': Spec(str),
@@ -388,7 +391,7 @@ _TRAIN_SCHEMA = Spec(dict, True, {
     }),
     'dist_params': Spec(dict, False, {'backend': Spec(_STR_OR_NONE), 'port': Spec(int, check=positive_int)}),
     'high_order_degradation': Spec(bool),
-    'l1_gt_usm': Spec(bool), 'percep_gt_usm': Spec(bool), 'gan_gt_usm': Spec(bool),
+    'l1_gt_usm': Spec(bool), 'percep_gt_usm': Spec(bool), 'gan_gt_usm': Spec(bool), 'gt_usm': Spec(bool),
     **{k: Spec(object) for k in REALESRGAN_KEYS},
 })
 
@@ -411,11 +414,14 @@ def validate_options(opt: dict, is_train: bool = True, warnings: list | None = N
     """Raise :class:`ConfigError` naming the key path of the first unknown, missing, mistyped or out-of-range
     option; returns ``opt`` with counts normalised to integers. Ignored BasicSR keys add lines to ``warnings``."""
     check_schema(opt, _TRAIN_SCHEMA if is_train else _TEST_SCHEMA, '', warnings)
-    if warnings is not None:
-        for key in ('l1_gt_usm', 'percep_gt_usm', 'gan_gt_usm'):
-            if opt.get(key):
-                warnings.append(f'{key}: accepted and ignored (USM-sharpened targets are not implemented yet; the '
-                                f'losses use the plain GT)')
+    path = opt.get('path') or {}
+    for old, new in (('pretrain_model_g', 'pretrain_network_g'), ('pretrain_model_d', 'pretrain_network_d'),
+                     ('strict_load', 'strict_load_g')):
+        if old in path:
+            value = path.pop(old)
+            if new in path and path[new] != value:
+                raise ConfigError(f'path.{old}: BasicSR\'s old name of path.{new}, which is also set; keep one')
+            path[new] = value
     if is_train:
         freq = opt.get('val', {}) or {}
         if freq and 'val_freq' in freq and not any(k.startswith('val') for k in opt['datasets']):

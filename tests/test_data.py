@@ -317,8 +317,10 @@ def test_paired_construction_errors(tmp_path):
     assert f'2 of 4 GT file(s) in {gt_dir} have no LQ partner in {lq_dir}: 0002.png, 0004.png' in msg
     assert f'1 of 3 LQ file(s) in {lq_dir} have no GT partner in {gt_dir}: extra.png' in msg
 
-    with pytest.raises(ConfigError, match=r"datasets\.train\.io_backend\.type: only 'disk' is supported, got 'lmdb'"):
+    with pytest.raises(ConfigError, match=r"datasets\.train\.dataroot_gt: an lmdb data root must end with '\.lmdb'"):
         PairedImageDataset(_opt(gt_dir, lq_dir, io_backend={'type': 'lmdb'}))
+    with pytest.raises(ConfigError, match=r"datasets\.train\.io_backend\.type: expected 'disk' or 'lmdb', got 'ceph'"):
+        PairedImageDataset(_opt(gt_dir, lq_dir, io_backend={'type': 'ceph'}))
     with pytest.raises(ConfigError, match=r'datasets\.train\.gt_size: missing required key'):
         PairedImageDataset(_opt(gt_dir, lq_dir, gt_size=None))
     with pytest.raises(ConfigError, match=r'datasets\.train\.gt_size: 18 is not a multiple of scale 4'):

@@ -168,12 +168,3 @@ def test_errors_found_when_building_come_before_the_folder(tmp_path, tiny_data, 
     main = cli_main('train.py')
     assert user_error_in_process(main, _tiny_args(tiny_data, override), tmp_path, monkeypatch) == message
     assert tree_snapshot(tmp_path) == before
-
-
-def test_realesrgan_usm_switches_warn_when_on():
-    opt = load_yaml_file(TINY_GAN_LDL)
-    opt.update(l1_gt_usm=True, percep_gt_usm=True, gan_gt_usm=False)
-    warnings = []
-    validate_options(opt, warnings=warnings)
-    assert warnings == [f'{k}: accepted and ignored (USM-sharpened targets are not implemented yet; the losses use '
-                        f'the plain GT)' for k in ('l1_gt_usm', 'percep_gt_usm')]

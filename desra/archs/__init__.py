@@ -1,2 +1,2 @@
 """Network architectures, one file per family; importing registers them in ``ARCH_REGISTRY``."""
-from desra.archs import discriminator_arch, rrdbnet_arch, span_arch, vgg_arch  # noqa: F401  (registration)
+from desra.archs import discriminator_arch, rrdbnet_arch, span_arch, srresnet_arch, vgg_arch  # noqa: F401

@@ -132,3 +132,19 @@ class UNetDiscriminatorSN(nn.Module):
         out = act(self.conv7(x6))
         out = act(self.conv8(out))
         return self.conv9(out)
+
+
+@ARCH_REGISTRY.register()
+class VGGStyleDiscriminator128(VGGStyleDiscriminator):
+    """LDL's / older BasicSR's name: :class:`VGGStyleDiscriminator` for 128 x 128 inputs (same parameter names)."""
+
+    def __init__(self, num_in_ch: int, num_feat: int):
+        super().__init__(num_in_ch, num_feat, input_size=128)
+
+
+@ARCH_REGISTRY.register()
+class VGGStyleDiscriminator256(VGGStyleDiscriminator):
+    """:class:`VGGStyleDiscriminator` for 256 x 256 inputs (an extra stride-2 stage ``conv5_*``)."""
+
+    def __init__(self, num_in_ch: int, num_feat: int):
+        super().__init__(num_in_ch, num_feat, input_size=256)

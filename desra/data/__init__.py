@@ -13,9 +13,11 @@ _LAZY = {
     'PairedImageDataset': 'desra.data.paired_image_dataset', 'SingleImageDataset': 'desra.data.single_image_dataset',
     'augment': 'desra.data.transforms', 'mod_crop': 'desra.data.transforms',
     'paired_random_crop': 'desra.data.transforms',
+    'RealESRGANDataset': 'desra.data.realesrgan_dataset', 'RealESRGANPairedDataset': 'desra.data.realesrgan_dataset',
 }
 
-DATASET_MODULES = ('desra.data.paired_image_dataset', 'desra.data.single_image_dataset')
+DATASET_MODULES = ('desra.data.paired_image_dataset', 'desra.data.single_image_dataset',
+                   'desra.data.realesrgan_dataset')
 
 __all__ = sorted(_LAZY) + ['register_datasets']
 

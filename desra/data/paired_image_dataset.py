@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils import data
 
-from desra.data.io import IMG_EXTENSIONS, img2tensor, imread, is_image_file, scandir
+from desra.data.io import IMG_EXTENSIONS, imfrombytes, img2tensor, imread, is_image_file, scandir
 from desra.data.transforms import augment, paired_random_crop
 from desra.errors import ConfigError, DataError
 from desra.metrics.color import bgr2ycbcr
@@ -34,15 +34,28 @@ def dataset_key_path(opt: dict) -> str:
     return opt.get('key_path') or f"datasets.{opt.get('phase', 'train')}"
 
 
-def check_io_backend(opt: dict, kp: str) -> None:
+def check_io_backend(opt: dict, kp: str) -> str:
+    """``'disk'`` or ``'lmdb'`` (BasicSR's LMDB layout, see :mod:`desra.data.file_client`)."""
     backend = opt.get('io_backend', {'type': 'disk'})
     if backend is None:
-        return
+        return 'disk'
     if not isinstance(backend, dict):
         raise ConfigError(f"{kp}.io_backend: expected a mapping like {{type: disk}}, got {backend!r}")
     btype = backend.get('type', 'disk')
-    if btype != 'disk':
-        raise ConfigError(f"{kp}.io_backend.type: only 'disk' is supported, got {btype!r}")
+    if btype not in ('disk', 'lmdb'):
+        raise ConfigError(f"{kp}.io_backend.type: expected 'disk' or 'lmdb', got {btype!r}")
+    if btype == 'lmdb':
+        from desra.data.file_client import require_lmdb
+
+        require_lmdb(f'{kp}.io_backend.type')
+    return btype
+
+
+def read_image(path: str, reader=None, flag: str = 'color'):
+    """An image by file path (disk) or by key (``reader``: an :class:`~desra.data.file_client.LmdbReader`)."""
+    if reader is None:
+        return imread(path, flag)
+    return imfrombytes(reader.get(path), flag=flag, path=f'{reader.db_path}[{path}]')
 
 
 def require_folder(opt: dict, key: str, kp: str, what: str) -> str:
@@ -72,26 +85,46 @@ def list_images(folder: str, key: str, kp: str, recursive: bool) -> list[str]:
 _META_SHAPE = re.compile(r'^(.*?)\s+\(\s*\d+\s*(?:,\s*\d+\s*){1,2}\)\s*$')
 
 
-def read_meta_info(opt: dict, kp: str) -> list[str]:
-    """Image names listed in ``opt['meta_info_file']`` (lines ``name.png (h,w,c)`` or ``name.png``)."""
-    path = os.path.abspath(os.path.expanduser(os.fspath(opt['meta_info_file'])))
+def _meta_key(opt: dict) -> str:
+    return 'meta_info_file' if opt.get('meta_info_file') else 'meta_info'
+
+
+def read_meta_entries(opt: dict, kp: str) -> list[tuple[str, str | None]]:
+    """``(gt name, lq name or None)`` per line of the meta file (``meta_info_file``, or Real-ESRGAN's ``meta_info``).
+
+    Lines: ``name.png (h,w,c)`` (BasicSR), ``name.png`` (Real-ESRGAN), or ``gt.png, lq.png`` (Real-ESRGAN's paired
+    data, comma and space between the two paths). Blank lines and ``#`` comments are skipped.
+    """
+    key = _meta_key(opt)
+    path = os.path.abspath(os.path.expanduser(os.fspath(opt[key])))
     if not os.path.isfile(path):
-        raise DataError(f'{kp}.meta_info_file: file does not exist: {path}')
+        raise DataError(f'{kp}.{key}: file does not exist: {path}')
     try:
         with open(path, encoding='utf-8') as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f'{kp}.meta_info_file: cannot read {path}: {e}') from None
-    names = []
+        raise DataError(f'{kp}.{key}: cannot read {path}: {e}') from None
+    entries = []
     for line in lines:
         line = line.strip()
         if not line or line.startswith('#'):
             continue
         m = _META_SHAPE.match(line)
-        names.append(m.group(1) if m else line.split()[0])
-    if not names:
-        raise DataError(f'{kp}.meta_info_file: {path} lists no images (expected lines like "0001.png (480,480,3)")')
-    return names
+        if m:
+            entries.append((m.group(1), None))
+        elif ', ' in line:
+            gt, lq = line.split(', ', 1)
+            entries.append((gt.strip(), lq.strip()))
+        else:
+            entries.append((line.split()[0], None))
+    if not entries:
+        raise DataError(f'{kp}.{key}: {path} lists no images (expected lines like "0001.png (480,480,3)")')
+    return entries
+
+
+def read_meta_info(opt: dict, kp: str) -> list[str]:
+    """Image names listed in the meta file (the GT names for paired lines; see :func:`read_meta_entries`)."""
+    return [gt for gt, _ in read_meta_entries(opt, kp)]
 
 
 def format_list(items: list[str]) -> str:
@@ -199,7 +232,7 @@ class PairedImageDataset(data.Dataset):
         self.phase = opt.get('phase', 'train')
         kp = self.key_path = dataset_key_path(opt)
         self.scale = positive_int(opt, 'scale', 'scale')
-        check_io_backend(opt, kp)
+        self.backend = check_io_backend(opt, kp)
         self.color, self.mean, self.std = parse_color_and_norm(opt, kp)
         self.filename_tmpl = opt.get('filename_tmpl', '{}')
         if not isinstance(self.filename_tmpl, str) or '{' not in self.filename_tmpl:
@@ -224,9 +257,11 @@ class PairedImageDataset(data.Dataset):
 
         self.gt_folder = require_folder(opt, 'dataroot_gt', kp, 'ground-truth images')
         self.lq_folder = require_folder(opt, 'dataroot_lq', kp, 'low-quality input images')
-        if opt.get('meta_info') and not opt.get('meta_info_file'):  # Real-ESRGAN's paired-data key
-            self.opt = opt = {**opt, 'meta_info_file': opt['meta_info']}
-        if opt.get('meta_info_file'):
+        self.gt_reader = self.lq_reader = None
+        if self.backend == 'lmdb':
+            self.paths = self._paths_from_lmdb()
+            return
+        if opt.get('meta_info_file') or opt.get('meta_info'):  # meta_info: Real-ESRGAN's key
             self.paths = self._paths_from_meta_info()
         else:
             self.paths = self._paths_from_folders(bool(opt.get('recursive', False)))
@@ -271,20 +306,38 @@ class PairedImageDataset(data.Dataset):
             raise DataError('\n'.join(lines))
         return pairs
 
+    def _paths_from_lmdb(self) -> list[dict]:
+        """BasicSR's paired LMDB: both ``meta_info.txt`` list the same keys; a sample is a key."""
+        from desra.data.file_client import LmdbReader, check_lmdb_keys
+
+        kp = self.key_path
+        gt_keys = check_lmdb_keys(self.gt_folder, f'{kp}.dataroot_gt')
+        lq_keys = check_lmdb_keys(self.lq_folder, f'{kp}.dataroot_lq')
+        only_gt, only_lq = sorted(set(gt_keys) - set(lq_keys)), sorted(set(lq_keys) - set(gt_keys))
+        if only_gt or only_lq:
+            key, there, other = (only_gt[0], self.gt_folder, self.lq_folder) if only_gt else (
+                only_lq[0], self.lq_folder, self.gt_folder)
+            raise DataError(f"{kp}: key '{key}' is in {there}/meta_info.txt but not in {other}/meta_info.txt "
+                            f"({len(only_gt) + len(only_lq)} unpaired key(s)); GT and LQ lmdb must hold the same keys")
+        self.gt_reader = LmdbReader(self.gt_folder, f'{kp}.dataroot_gt')
+        self.lq_reader = LmdbReader(self.lq_folder, f'{kp}.dataroot_lq')
+        return [{'gt_path': k, 'lq_path': k} for k in sorted(gt_keys)]
+
     def _paths_from_meta_info(self) -> list[dict]:
         kp = self.key_path
         pairs, missing_gt, missing_lq = [], [], []
-        for name in read_meta_info(self.opt, kp):
+        for name, lq_name in read_meta_entries(self.opt, kp):
             gt_path = os.path.join(self.gt_folder, name)
-            lq_path = os.path.join(self.lq_folder, self._lq_name(name))
+            lq_path = os.path.join(self.lq_folder, lq_name if lq_name else self._lq_name(name))
             if not os.path.isfile(gt_path):
                 missing_gt.append(name)
             if not os.path.isfile(lq_path):
                 missing_lq.append(os.path.relpath(lq_path, self.lq_folder))
             pairs.append({'gt_path': gt_path, 'lq_path': lq_path})
         if missing_gt or missing_lq:
-            meta = os.path.abspath(os.fspath(self.opt['meta_info_file']))
-            lines = [f'{kp}.meta_info_file: {meta} lists {len(pairs)} image(s) but some files are missing']
+            key = _meta_key(self.opt)
+            meta = os.path.abspath(os.fspath(self.opt[key]))
+            lines = [f'{kp}.{key}: {meta} lists {len(pairs)} image(s) but some files are missing']
             if missing_gt:
                 lines.append(f'  {len(missing_gt)} GT file(s) not in {self.gt_folder}: {format_list(missing_gt)}')
             if missing_lq:
@@ -311,8 +364,8 @@ class PairedImageDataset(data.Dataset):
         index, seed = parse_key(key, len(self))
         rng = None if seed is None else np.random.default_rng(seed)
         gt_path, lq_path = self.paths[index]['gt_path'], self.paths[index]['lq_path']
-        img_gt = imread(gt_path, 'color')
-        img_lq = imread(lq_path, 'color')
+        img_gt = read_image(gt_path, self.gt_reader)
+        img_lq = read_image(lq_path, self.lq_reader)
         img_gt = self._match_sizes(img_gt, img_lq, gt_path, lq_path)
         if self.phase == 'train':
             lq_patch = self.gt_size // self.scale

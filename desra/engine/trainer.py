@@ -32,7 +32,7 @@ from desra.engine.checkpoint import atomic_torch_save, capture_rng_state, restor
 from desra.engine.logger import LossRecord, MessageLogger, detach_log_file, get_root_logger, init_tb_logger
 from desra.engine.resume import find_resume_state, verify_training_state
 from desra.engine.validation import check_metric_options, validate
-from desra.errors import CheckpointError, TrainingDivergedError
+from desra.errors import CheckpointError, ConfigError, TrainingDivergedError
 from desra.models import build_model
 from desra.registry import import_user_modules
 from desra.utils.lock import LOCK_NAME, FolderLock
@@ -92,6 +92,24 @@ def _copy_option_file(opt: dict) -> None:
     atomic_write_bytes(os.path.join(opt['path']['experiments_root'], os.path.basename(src)), head + text)
 
 
+def check_data_for_model(model, train_set, opt: dict) -> None:
+    """The on-the-fly degradation needs GT images with kernels, and paired data sets need none."""
+    kernels = getattr(train_set, 'provides_kernels', False)
+    kind = type(train_set).__name__
+    if getattr(model, 'synthesis', None) is not None:
+        if not kernels:
+            raise ConfigError(f"high_order_degradation: true needs GT images with blur kernels (datasets.train.type: "
+                              f"RealESRGANDataset), got {kind}; for paired data set high_order_degradation: false")
+        pad = getattr(train_set, 'crop_pad_size', None)
+        if pad is not None and (pad % opt['scale'] or model.synthesis.gt_size > pad):
+            raise ConfigError(f"gt_size: {model.synthesis.gt_size} must be at most datasets.train.crop_pad_size {pad}, "
+                              f"which must be a multiple of scale {opt['scale']}")
+    elif kernels:
+        raise ConfigError(f"datasets.train.type: {kind} gives GT images and kernels for the on-the-fly degradation, "
+                          f"but model_type {opt.get('model_type')} does not degrade; set high_order_degradation: true "
+                          f"or use RealESRGANModel / RealESRNetModel")
+
+
 def resolve_resume_state(opt: dict) -> tuple[str | None, dict | None]:
     """``path.resume_state`` if given (verified, no fallback); with ``--auto_resume`` the newest intact state.
 
@@ -148,6 +166,7 @@ def train_pipeline(opt: dict) -> dict:
         opt['path']['pretrain_network_g'] = opt['path']['pretrain_network_d'] = None
     set_random_seed(seed)  # identical initial weights (and EMA copies) on every rank
     model = build_model(opt, device)
+    check_data_for_model(model, train_set, opt)
     set_random_seed(seed + rank)  # then per-rank streams, as in BasicSR
     start_iter, epoch, iter_in_epoch = 0, 0, 0
     if resume_state is not None:
@@ -159,6 +178,12 @@ def train_pipeline(opt: dict) -> dict:
         rng = resume_state.get('rng_states') or []
         if len(rng) == world_size:
             restore_rng_state(rng[rank])
+        rank_states = resume_state.get('rank_states') or []
+        if len(rank_states) == world_size:
+            model.load_rank_state(rank_states[rank])
+        elif rank_states:
+            logger.warning('The training state was saved by %d processes, this run has %d: the per-process '
+                           'training-pair pools start empty', len(rank_states), world_size)
 
     # ---- 2. the experiment folder (rank 0), then every rank logs
     dist_utils.call_on_rank0(lambda: _prepare_experiment_folders(opt, lock, resuming=resume_state is not None))
@@ -223,6 +248,7 @@ def _train_loop(opt, model, train_loader, sampler, val_loaders, device, start_it
             current_iter += 1
             iter_in_epoch += 1
             model.update_learning_rate(current_iter)
+            model.current_iter = current_iter  # seeds the on-the-fly degradation's draws of this iteration
             model.feed_data(batch)
             losses = model.optimize_parameters(current_iter)
             loss_values = _reduce_and_check(losses, current_iter)
@@ -277,11 +303,14 @@ def save_training_state(model, opt: dict, current_iter: int, epoch: int, iter_in
     if iter_in_epoch >= batches_per_epoch:
         epoch, iter_in_epoch = epoch + 1, 0
     rng_states = dist_utils.all_gather_object(capture_rng_state())
+    rank_states = dist_utils.all_gather_object(model.rank_state())
 
     def save():
         files = model.save_networks(opt['path']['models'], current_iter)
         state = {'iter': current_iter, 'epoch': epoch, 'iter_in_epoch': iter_in_epoch, 'files': files,
                  'rng_states': rng_states, **model.training_state()}
+        if any(rank_states):
+            state['rank_states'] = rank_states
         atomic_torch_save(state, os.path.join(opt['path']['training_states'], f'{current_iter}.state'))
         logger.info('Saved models and training state at iteration %d.', current_iter)
 

@@ -38,10 +38,12 @@ def check_metric_options(metrics_opt: dict, key_path: str = 'val.metrics') -> No
         # the built-in metrics take **kwargs for BasicSR compatibility; their named arguments are the options
         open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values()) \
             and not getattr(fn, '__module__', '').startswith('desra.')
+        if m_opt.get('better', 'higher') not in ('higher', 'lower'):
+            raise ConfigError(f"{kp}.better: expected 'higher' or 'lower', got {m_opt['better']!r}")
         if not open_kwargs:
             for key in m_opt:
-                if key != 'type' and key not in named:
-                    raise unknown_key_error(kp, key, named)
+                if key not in ('type', 'better') and key not in named:
+                    raise unknown_key_error(kp, key, {**named, 'better': None})
         for n, p in named.items():
             if p.default is p.empty and n not in m_opt:
                 raise ConfigError(f'{kp}.{n}: missing required key for {m_opt["type"]}')
@@ -59,6 +61,7 @@ def compute_metrics(metrics_opt: dict, sr: torch.Tensor, gt: torch.Tensor, sr_im
     results = {}
     for name, m_opt in metrics_opt.items():
         key = f'{key_path}.{name}'
+        m_opt = {k: v for k, v in m_opt.items() if k != 'better'}  # BasicSR's "higher/lower is better" flag
         if str(m_opt.get('type', '')).endswith('_pt'):
             value = calculate_metric({'img': sr, 'img2': gt}, m_opt, key)
             value = float(value.mean()) if torch.is_tensor(value) else float(value)
@@ -68,8 +71,27 @@ def compute_metrics(metrics_opt: dict, sr: torch.Tensor, gt: torch.Tensor, sr_im
     return results
 
 
+def metric_better(m_opt: dict) -> str:
+    """``'higher'`` or ``'lower'``: BasicSR's ``better`` key (default higher)."""
+    return m_opt.get('better', 'higher')
+
+
+def update_best(best: dict, dataset: str, results: dict, metrics_opt: dict, current_iter: int) -> dict:
+    """Keep the best value of each metric and its iteration (``better`` says which direction); returns the entry."""
+    entry = best.setdefault(dataset, {})
+    for name, value in results.items():
+        lower = metric_better(metrics_opt.get(name) or {}) == 'lower'
+        old = entry.get(name)
+        if old is None or (value < old['val'] if lower else value > old['val']):
+            entry[name] = {'val': value, 'iter': current_iter, 'better': 'lower' if lower else 'higher'}
+    return entry
+
+
 def validate(model, loader, opt: dict, current_iter: int, tb_logger=None, save_img: bool = False) -> dict:
-    """Run the EMA (or G) over ``loader`` on rank 0; returns ``{metric: mean}`` (empty on other ranks)."""
+    """Run the EMA (or G) over ``loader`` on rank 0; returns ``{metric: mean}`` (empty on other ranks).
+
+    The best value of each metric so far is kept in ``model.best_metric_results`` (BasicSR's name) and logged.
+    """
     from desra.data.io import imwrite_atomic, tensor2img
 
     results: dict = {}
@@ -97,7 +119,10 @@ def validate(model, loader, opt: dict, current_iter: int, tb_logger=None, save_i
                 tb_logger.add_image(f'val/{dataset_name}/{img_name}', sr[0], current_iter)
         results = {name: s / max(count, 1) for name, s in sums.items()}
         if results:
-            msg = ', '.join(f'{k}: {v:.4f}' for k, v in results.items())
+            best = update_best(model.__dict__.setdefault('best_metric_results', {}), dataset_name, results,
+                               metrics_opt, current_iter)
+            msg = ', '.join(f"{k}: {v:.4f} (best {best[k]['val']:.4f} @ iter {best[k]['iter']}, "
+                            f"{best[k]['better']} is better)" for k, v in results.items())
             logger.info('Validation %s @ iter %d: %s', dataset_name, current_iter, msg)
             if tb_logger is not None:
                 for k, v in results.items():

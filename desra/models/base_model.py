@@ -93,7 +93,21 @@ class BaseModel:
     """Networks on ``device``; optional DDP wrapping, AMP, EMA; BasicSR checkpoint formats.
 
     Subclasses define ``_init_training()`` (losses and optimisers) and ``optimize_parameters(t)``.
+
+    Two parts a model may be given by its options, whatever its class:
+
+    * ``high_order_degradation: true``: a :class:`~desra.data.degradations.pipeline.SyntheticPairs` that turns the
+      data set's GT images and kernels into (LQ, GT) pairs in ``feed_data`` (Real-ESRGAN's on-the-fly
+      degradation and training-pair pool). ``degrade_by_default`` is the value when the key is absent (true for
+      Real-ESRGAN's model names); ``degradation_source`` says what is degraded (``'usm'``: the USM-sharpened GT,
+      as Real-ESRGAN's GAN models; ``'gt'``: the GT, USM-sharpened first with ``gt_usm: true``, as RealESRNet).
+    * ``l1_gt_usm`` / ``percep_gt_usm`` / ``gan_gt_usm``: the pixel loss, the perceptual loss and the
+      discriminator's real input use the USM-sharpened GT (Real-ESRGAN: true, true, false). The LDL artifact map
+      always uses the plain GT, as LDL and BasicSR do.
     """
+
+    degrade_by_default = False
+    degradation_source = 'gt'
 
     def __init__(self, opt: dict, device: torch.device):
         self.opt = opt
@@ -137,6 +151,20 @@ class BaseModel:
             else:
                 self.amp_dtype = dtype
 
+        self.synthesis = None
+        if self.is_train and opt.get('high_order_degradation', self.degrade_by_default):
+            from desra.data.degradations.pipeline import SyntheticPairs
+
+            self.synthesis = SyntheticPairs(opt, device, source=self.degradation_source,
+                                            sharpen_gt=bool(opt.get('gt_usm', False)))
+        self.usm_for = {k: bool(opt.get(f'{k}_gt_usm', False)) for k in ('l1', 'percep', 'gan')}
+        self.usm_sharpener = None
+        if any(self.usm_for.values()):
+            from desra.data.degradations.filtering import USMSharp
+
+            self.usm_sharpener = USMSharp().to(device)
+        self.current_iter = 0
+
     # ------------------------------------------------------------------------------------ training set-up
     def wrap_distributed(self) -> None:
         """Wrap the trained networks in DDP when a process group is active."""
@@ -175,16 +203,33 @@ class BaseModel:
         return [g['lr'] for g in self.optimizers[0].param_groups]
 
     def feed_data(self, data: dict) -> None:
-        self.lq = data['lq'].to(self.device, non_blocking=True)
-        self.gt = data['gt'].to(self.device, non_blocking=True) if 'gt' in data else None
+        """A batch from the loader; with a synthesis part, GT + kernels become degraded (LQ, GT) pairs first.
+
+        ``self.current_iter`` (set by the trainer) seeds the degradation's draws of this iteration.
+        """
+        if self.synthesis is not None and 'kernel1' in data:
+            rank = torch.distributed.get_rank() if (torch.distributed.is_available()
+                                                    and torch.distributed.is_initialized()) else 0
+            self.lq, self.gt = self.synthesis(data, self.current_iter, rank)
+        else:
+            self.lq = data['lq'].to(self.device, non_blocking=True)
+            self.gt = data['gt'].to(self.device, non_blocking=True) if 'gt' in data else None
+        self._set_targets()
+
+    @torch.no_grad()
+    def _set_targets(self) -> None:
+        """The GT each loss compares with: USM-sharpened where ``*_gt_usm`` says so (see the class notes)."""
+        self.gt_usm = self.usm_sharpener(self.gt) if self.usm_sharpener is not None and self.gt is not None else None
+        self.targets = {k: (self.gt_usm if self.usm_for[k] else self.gt) for k in ('l1', 'percep', 'gan')}
 
     def _fidelity_losses(self, output: torch.Tensor, prefix: str) -> tuple:
         """Pixel and perceptual (+ style) terms against the GT: ``(sum, {name: term})``; names ``l_<prefix>pix`` ..."""
         terms = OrderedDict()
+        targets = getattr(self, 'targets', None) or {'l1': self.gt, 'percep': self.gt}
         if getattr(self, 'cri_pix', None) is not None:
-            terms[f'l_{prefix}pix'] = self.cri_pix(output, self.gt)
+            terms[f'l_{prefix}pix'] = self.cri_pix(output, targets['l1'])
         if getattr(self, 'cri_perceptual', None) is not None:
-            l_percep, l_style = self.cri_perceptual(output, self.gt)
+            l_percep, l_style = self.cri_perceptual(output, targets['percep'])
             for name, value in ((f'l_{prefix}percep', l_percep), (f'l_{prefix}style', l_style)):
                 if value is not None:
                     terms[name] = value
@@ -236,6 +281,14 @@ class BaseModel:
     def training_state(self) -> dict:
         return {'optimizers': [o.state_dict() for o in self.optimizers],
                 'scalers': [s.state_dict() for s in self.scalers]}
+
+    def rank_state(self) -> dict:
+        """State that differs between processes (the training-pair pool); gathered from every rank when saving."""
+        return {'pool': self.synthesis.pool.state_dict()} if self.synthesis is not None else {}
+
+    def load_rank_state(self, state: dict) -> None:
+        if self.synthesis is not None and state.get('pool') is not None:
+            self.synthesis.pool.load_state_dict(state['pool'], self.device)
 
     def load_training_state(self, state: dict) -> None:
         if len(state['optimizers']) != len(self.optimizers):

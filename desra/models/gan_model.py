@@ -35,6 +35,7 @@ class GANModel(BaseModel):
     """
 
     relativistic_default = False
+    degradation_source = 'usm'  # with high_order_degradation: true, as Real-ESRGAN's GAN models
 
     def __init__(self, opt: dict, device: torch.device):
         super().__init__(opt, device)
@@ -66,9 +67,15 @@ class GANModel(BaseModel):
         if self.cri_gan is None:
             raise ConfigError(f"train.gan_opt: missing required key for model_type {self.opt.get('model_type')} "
                               "(e.g. {type: GANLoss, gan_type: vanilla, loss_weight: 0.1})")
-        self.cri_artifacts = self._build_artifacts_loss(train_opt.get('artifacts_opt'))
+        if train_opt.get('artifacts_opt') and train_opt.get('ldl_opt'):
+            raise ConfigError('train.ldl_opt: the same LDL artifact loss as train.artifacts_opt; give only one')
+        # LDL's files name it artifacts_opt (logged l_g_artifacts), BasicSR's newer ones ldl_opt (logged l_g_ldl)
+        self.artifacts_key = 'ldl_opt' if train_opt.get('ldl_opt') else 'artifacts_opt'
+        self.artifacts_log = 'l_g_ldl' if self.artifacts_key == 'ldl_opt' else 'l_g_artifacts'
+        self.cri_artifacts = self._build_artifacts_loss(train_opt.get(self.artifacts_key),
+                                                        f'train.{self.artifacts_key}')
         if self.cri_artifacts is not None and self.ema is None:
-            raise ConfigError('train.ema_decay: the LDL artifact loss (train.artifacts_opt) needs the EMA '
+            raise ConfigError(f'train.ema_decay: the LDL artifact loss (train.{self.artifacts_key}) needs the EMA '
                               'generator; set train.ema_decay (0.999 in LDL)')
         self.relativistic = train_opt.get('relativistic_gan', self.relativistic_default)
         self.net_d_iters = train_opt.get('net_d_iters', 1)
@@ -84,7 +91,7 @@ class GANModel(BaseModel):
         self.scaler_d = self._make_scaler()
         self._setup_schedules()
 
-    def _build_artifacts_loss(self, art_opt: dict | None):
+    def _build_artifacts_loss(self, art_opt: dict | None, key_path: str = 'train.artifacts_opt'):
         if not art_opt:
             return None
         if art_opt.get('type') == 'L1Loss':
@@ -92,13 +99,13 @@ class GANModel(BaseModel):
             # the map; read that as the LDL artifact loss with the same weight and reduction.
             extra = set(art_opt) - {'type', 'loss_weight', 'reduction'}
             if extra:
-                raise ConfigError(f"train.artifacts_opt.{sorted(extra)[0]}: not an L1Loss option; use "
+                raise ConfigError(f"{key_path}.{sorted(extra)[0]}: not an L1Loss option; use "
                                   "type: LDLArtifactLoss for kernel_size / detach_map")
             return LDLArtifactLoss(loss_weight=art_opt.get('loss_weight', 1.0),
                                    reduction=art_opt.get('reduction', 'mean'))
-        loss = build_loss(art_opt, 'train.artifacts_opt')
+        loss = build_loss(art_opt, key_path)
         if not isinstance(loss, LDLArtifactLoss):
-            raise ConfigError(f"train.artifacts_opt.type: expected LDLArtifactLoss (or L1Loss as in LDL's files), "
+            raise ConfigError(f"{key_path}.type: expected LDLArtifactLoss (or L1Loss as in LDL's files), "
                               f"got {art_opt['type']}")
         return loss
 
@@ -106,6 +113,7 @@ class GANModel(BaseModel):
     def optimize_parameters(self, current_iter: int) -> OrderedDict:
         net_d_raw = unwrap(self.net_d)
         loss_dict = OrderedDict()
+        gan_gt = self.targets['gan'] if getattr(self, 'targets', None) else self.gt
         train_g = current_iter % self.net_d_iters == 0 and current_iter > self.net_d_init_iters
 
         # ---- generator
@@ -122,13 +130,13 @@ class GANModel(BaseModel):
             if self.cri_artifacts is not None:
                 with torch.no_grad(), self.autocast():
                     output_ema = self.ema.module(self.lq)
-                loss_dict['l_g_artifacts'] = l = self.cri_artifacts(output, self.gt, output_ema.float())
+                loss_dict[self.artifacts_log] = l = self.cri_artifacts(output, self.gt, output_ema.float())
                 l_g_total = l_g_total + l
             with self.autocast():
                 fake_g_pred = net_d_raw(self.output).float()
             if self.relativistic:
                 with torch.no_grad(), self.autocast():
-                    real_d_pred = net_d_raw(self.gt).float()
+                    real_d_pred = net_d_raw(gan_gt).float()
                 loss_dict['l_g_gan'] = l = relativistic_gan_terms(self.cri_gan, real_d_pred, fake_g_pred).total
             else:
                 loss_dict['l_g_gan'] = l = self.cri_gan(fake_g_pred, True, is_disc=False)
@@ -146,7 +154,7 @@ class GANModel(BaseModel):
             with torch.no_grad(), self.autocast():
                 fake_d_pred = net_d_raw(fake_input).float()
             with self.autocast():
-                real_d_pred = self.net_d(self.gt).float()
+                real_d_pred = self.net_d(gan_gt).float()
             l_d_real = self.cri_gan(real_d_pred - fake_d_pred.mean(), True, is_disc=True) * 0.5
             self.scaler_d.scale(l_d_real).backward()
             with self.autocast():
@@ -154,7 +162,7 @@ class GANModel(BaseModel):
             l_d_fake = self.cri_gan(fake_d_pred - real_d_pred.detach().mean(), False, is_disc=True) * 0.5
         else:
             with self.autocast():
-                real_d_pred = self.net_d(self.gt).float()
+                real_d_pred = self.net_d(gan_gt).float()
             l_d_real = self.cri_gan(real_d_pred, True, is_disc=True)
             self.scaler_d.scale(l_d_real).backward()
             with self.autocast():
@@ -204,14 +212,14 @@ class ESRGANArtifactsDisModel(ESRGANModel):
 
 @MODEL_REGISTRY.register()
 class RealESRGANModel(GANModel):
-    """Real-ESRGAN's ``model_type`` for *paired* data (``high_order_degradation: false``).
+    """Real-ESRGAN's GAN model: the GAN model with the second-order degradation on by default
+    (``high_order_degradation``, which the paired fine-tune sets false), degrading the USM-sharpened GT, with the
+    ``*_gt_usm`` switches and BasicSR's ``ldl_opt``."""
 
-    The on-the-fly second-order degradation of Real-ESRGAN is not part of this framework yet, so option files
-    that ask for it are rejected with a clear message instead of silently training on clean pairs.
-    """
+    degrade_by_default = True
 
-    def __init__(self, opt: dict, device: torch.device):
-        if opt.get('high_order_degradation', True) and opt.get('is_train', True):
-            raise ConfigError('high_order_degradation: Real-ESRGAN\'s on-the-fly degradation is not supported yet; '
-                              'set high_order_degradation: false and train on paired data (PairedImageDataset)')
-        super().__init__(opt, device)
+
+@MODEL_REGISTRY.register()
+class RealESRGANArtifactsDisModel(RealESRGANModel):
+    """The ``model_type`` of LDL's real-world option file: Real-ESRGAN's GAN model + the LDL artifact loss
+    (``artifacts_opt``, on the plain GT with the EMA generator's output)."""

@@ -46,3 +46,13 @@ class SRModel(BaseModel):
         if self.ema is not None:
             self.ema.update(unwrap(self.net_g))
         return OrderedDict((k, v.detach()) for k, v in loss_dict.items())
+
+
+@MODEL_REGISTRY.register()
+class RealESRNetModel(SRModel):
+    """Real-ESRGAN's PSNR-oriented pre-training (RealESRNet): the SR model on pairs made by the second-order
+    degradation (``high_order_degradation``, on by default) of the GT, USM-sharpened first with ``gt_usm: true``
+    (the sharpened GT is then also the target)."""
+
+    degrade_by_default = True
+    degradation_source = 'gt'
