@@ -90,11 +90,13 @@ def per_sample(items, scale, gt_size, rng):
             size = (max(1, int(w * f)), max(1, int(h * f))) if stage == '' else (int(w / scale * f), int(h / scale * f))
             img = cv2.resize(img, size, interpolation=modes[rng.integers(3)])
             if rng.random() < o[f'gaussian_noise_prob{stage}']:
-                img = img + rng.standard_normal(img.shape).astype(np.float32) * rng.uniform(*o[f'noise_range{stage}']) / 255
+                sigma = rng.uniform(*o[f'noise_range{stage}'])
+                img = img + rng.standard_normal(img.shape).astype(np.float32) * sigma / 255
             else:
                 q = np.clip(np.round(img * 255), 0, 255) / 255
                 vals = 2 ** math.ceil(math.log2(len(np.unique(q))))
-                img = img + (rng.poisson(q * vals) / vals - q).astype(np.float32) * rng.uniform(*o[f'poisson_scale_range{stage}'])
+                scale_p = rng.uniform(*o[f'poisson_scale_range{stage}'])
+                img = img + (rng.poisson(q * vals) / vals - q).astype(np.float32) * scale_p
             img = np.clip(img, 0, 1)
             ok, enc = cv2.imencode('.jpg', np.rint(img * 255).astype(np.uint8),
                                    [cv2.IMWRITE_JPEG_QUALITY, int(rng.uniform(*o[f'jpeg_range{stage}']))])
@@ -102,7 +104,8 @@ def per_sample(items, scale, gt_size, rng):
         img = cv2.resize(img, (w // scale, h // scale), interpolation=modes[rng.integers(3)])
         img = cv2.filter2D(img, -1, sinc.astype(np.float32), borderType=cv2.BORDER_REFLECT_101)
         lq = np.clip(np.round(img * 255), 0, 255) / 255
-        top, left = rng.integers(0, lq.shape[0] - gt_size // scale + 1), rng.integers(0, lq.shape[1] - gt_size // scale + 1)
+        lq_size = gt_size // scale
+        top, left = rng.integers(0, lq.shape[0] - lq_size + 1), rng.integers(0, lq.shape[1] - lq_size + 1)
         out.append((gt[top * scale:top * scale + gt_size, left * scale:left * scale + gt_size],
                     lq[top:top + gt_size // scale, left:left + gt_size // scale]))
     return out
