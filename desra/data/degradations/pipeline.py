@@ -294,7 +294,8 @@ class SyntheticPairs:
         self.device = device
         self.degradation = RealESRGANDegradation(opt, self.scale, device)
         self.pool = TrainingPairPool(queue_size)
-        self.usm = USMSharp().to(device)
+        # the fast (separable) blur on CPU: the pairs are random draws anyway, and it is 9x cheaper there
+        self.usm = USMSharp(fast=True).to(device)
         self.source, self.sharpen_gt = source, sharpen_gt
         self.seed = int(opt.get('manual_seed') or 0)
 
