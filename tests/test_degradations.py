@@ -261,3 +261,17 @@ def test_importable_without_torchvision():
     import sys
 
     assert 'torchvision' not in sys.modules
+
+
+def test_usm_default_is_basicsr_2d_filter_and_fast_is_close():
+    x = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(8))
+    u = dg.USMSharp()
+    k = u.kernel
+    assert k.shape == (1, 51, 51) and abs(float(k.sum()) - 1) < 1e-5
+    blur = dg.filter2D(x, k)
+    residual = x - blur
+    soft = dg.filter2D((torch.abs(residual) * 255 > 10).float(), k)
+    ref = soft * torch.clip(x + 0.5 * residual, 0, 1) + (1 - soft) * x
+    assert torch.equal(u(x), ref)  # the same operations as BasicSR's USMSharp
+    fast = dg.USMSharp(fast=True)(x)
+    assert float((fast - ref).abs().mean()) < 1e-5 and float((fast - ref).abs().max()) < 2e-3
