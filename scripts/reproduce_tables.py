@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='NIQE thresholds to sweep; the best IoU is reported (default: %(default)s)')
     parser.add_argument('--niqe-window', type=int, default=96, help='NIQE window side, even, >= 16 (default 96)')
     parser.add_argument('--niqe-stride', type=int, default=32, help='NIQE window stride (default 32)')
-    parser.add_argument('--niqe-params', default=None, help='NIQE pristine parameters (default: the shipped ones)')
+    parser.add_argument('--niqe-params', default=None,
+                        help="NIQE pristine parameters (default: MATLAB's pretrained/niqe_pris_params.npz when "
+                             'present, else the shipped fallback; the report says which)')
     parser.add_argument('--ldl-thresholds', nargs='+', type=float, default=list(LDL_THRESHOLDS),
                         help='LDL* thresholds (default: the paper\'s 0.01 0.005 0.001)')
     parser.add_argument('--finetuned-root', default=None,

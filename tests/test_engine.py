@@ -181,6 +181,6 @@ def test_test_py_saves_images_and_prints_table(tmp_path):
         vals.append(10 * np.log10(255 ** 2 / mse))
     lines = out.stdout.strip().splitlines()
     table = lines[max(i for i, line in enumerate(lines) if line.startswith('| dataset')):]
-    assert table[0] == '| dataset | images | psnr |'
+    assert table[0] == '| dataset | images | psnr (↑) |'
     assert table[2].startswith('| paired | 3 | ') and table[3] == '| lronly | 3 |  |'
     assert float(table[2].split('|')[3]) == pytest.approx(np.mean(vals), abs=1e-4)

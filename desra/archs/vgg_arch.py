@@ -89,6 +89,13 @@ def _make_features(vgg_type: str, last: int | None = None, inplace_relu: Sequenc
     return nn.Sequential(*layers)
 
 
+def vgg_features(vgg_type: str = 'vgg16', last: int | None = None) -> nn.Sequential:
+    """torchvision's ``features`` Sequential of ``vgg_type`` (state-dict keys ``N.weight`` / ``N.bias`` with N the
+    torchvision index), truncated after module ``last`` (default: all of it, ending with ``pool5``)."""
+    _check_vgg_type(vgg_type)
+    return _make_features(vgg_type, last)
+
+
 @ARCH_REGISTRY.register()
 class VGG19(nn.Module):
     """VGG19 classifier (Simonyan & Zisserman 2015, configuration E) with torchvision's module layout.
@@ -133,25 +140,18 @@ def vgg_weight_candidates(vgg_type: str = 'vgg19') -> list[tuple[str, Path | Non
     4. ``<cwd or repo root>/experiments/pretrained_models/<file>`` (BasicSR's place);
     5. torch hub's cache, ``$TORCH_HOME/hub/checkpoints/<file>`` (default ``~/.cache/torch/...``).
     """
+    from desra.weights.locate import weight_candidates
+
+    return weight_candidates(_weight_spec(vgg_type), repo_root=_REPO_ROOT)
+
+
+def _weight_spec(vgg_type: str):
+    from desra.weights.locate import PretrainedFile
+
     _check_vgg_type(vgg_type)
-    fname = WEIGHT_FILES[vgg_type]
-    env = f'DESRA_{vgg_type.upper()}_WEIGHTS'
-    env_val = os.environ.get(env)
-    cands: list[tuple[str, Path | None]] = [(f'${env}', Path(env_val).expanduser() if env_val else None)]
-    cwd = Path.cwd()
-    for root in (cwd, _REPO_ROOT):
-        cands.append(('pretrained/', root / 'pretrained' / fname))
-    for root in (cwd, _REPO_ROOT):
-        cands.append(('BasicSR folder', root / 'experiments' / 'pretrained_models' / fname))
-    cands.append(('torch hub cache', Path(torch.hub.get_dir()) / 'checkpoints' / fname))
-    seen, out = set(), []
-    for desc, p in cands:
-        key = None if p is None else str(p.resolve() if p.is_absolute() else p)
-        if key is not None and key in seen:
-            continue
-        seen.add(key)
-        out.append((desc, p))
-    return out
+    return PretrainedFile(WEIGHT_FILES[vgg_type], f'DESRA_{vgg_type.upper()}_WEIGHTS',
+                          f"torchvision's {vgg_type.upper()} ImageNet weights",
+                          f'python scripts/download_pretrained.py --only {vgg_type}')
 
 
 def find_vgg_weights(vgg_type: str = 'vgg19') -> Path:

