@@ -131,14 +131,16 @@ def test_reproduce_ldl_table_bad_input(bench, perceptual_files, tmp_path, monkey
 
 # ------------------------------------------------------------------------------- validation in training
 
-def test_lpips_validation_in_tiny_training(tmp_path, tiny_data, perceptual_files, monkeypatch):
+def test_lpips_validation_in_tiny_training(tmp_path, tiny_data, perceptual_files, bench, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     f = perceptual_files
     monkeypatch.setenv('DESRA_ALEXNET_WEIGHTS', str(f['alex']))
     monkeypatch.setenv('DESRA_LPIPS_ALEX_HEADS', str(f['heads_alex']))
+    monkeypatch.setenv('DESRA_FID_INCEPTION_WEIGHTS', str(bench[1]))
     metrics = ('{psnr: {type: calculate_psnr, crop_border: 4, test_y_channel: true}, '
-               'lpips: {type: calculate_lpips, crop_border: 4}, lpips_pt: {type: calculate_lpips_pt, crop_border: 4}}')
+               'lpips: {type: calculate_lpips, crop_border: 4}, lpips_pt: {type: calculate_lpips_pt, crop_border: 4}, '
+               'fid: {type: calculate_fid, method: eigh}}')
     out = run_script('train.py', ['-opt', TINY_GAN_LDL, '--force_yml', 'name=tiny_lpips', *data_overrides(tiny_data),
                                   'train:total_iter=4', 'val:val_freq=2', 'logger:use_tb_logger=true',
                                   'logger:save_checkpoint_freq=4', f'val:metrics={metrics}'], tmp_path)
@@ -147,7 +149,7 @@ def test_lpips_validation_in_tiny_training(tmp_path, tiny_data, perceptual_files
     acc = EventAccumulator(str(tb))
     acc.Reload()
     tags = acc.Tags()['scalars']
-    for name in ('psnr', 'lpips', 'lpips_pt'):
+    for name in ('psnr', 'lpips', 'lpips_pt', 'fid'):
         assert f'metrics/tiny_val/{name}' in tags
         assert [e.step for e in acc.Scalars(f'metrics/tiny_val/{name}')] == [2, 4]
     # the numpy (uint8 images) and tensor versions agree up to the 8-bit rounding of the SR image
@@ -157,6 +159,8 @@ def test_lpips_validation_in_tiny_training(tmp_path, tiny_data, perceptual_files
     log = open(next((tmp_path / 'experiments' / 'tiny_lpips').glob('train_tiny_lpips_*.log'))).read()
     assert re.search(r'lpips: \d\.\d{4} \(best \d\.\d{4} @ iter \d, lower is better\)', log)
     assert re.search(r'psnr: [\d.]+ \(best [\d.]+ @ iter \d, higher is better\)', log)
+    assert re.search(r'fid: [\d.]+ \(best [\d.]+ @ iter \d, lower is better\)', log)
+    assert 'FID from 8 samples (< 2048 features)' in log  # the small-set warning reaches the log
     best = min(lp)  # lower is better: the best is the minimum, at its iteration
     assert f'lpips: {lp[-1]:.4f} (best {best:.4f} @ iter {2 + 2 * lp.index(best)}, lower is better)' in log
 
