@@ -268,6 +268,12 @@ def finite_number(value, path: str) -> float:
     return value
 
 
+def _probability(value, path: str) -> float:
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise ConfigError(f"{path}: expected a probability in (0, 1), got {value!r}")
+    return value
+
+
 def ema_decay(value, path: str) -> float:
     if not (math.isfinite(value) and 0 <= value < 1):
         raise ConfigError(f"{path}: expected a number in [0, 1) (0 = no EMA; LDL uses 0.999), got {value!r}")
@@ -373,6 +379,7 @@ _TRAIN_SCHEMA = Spec(dict, True, {
         'gan_opt': Spec((dict, NONE), children=_LOSS.children, closed=False),
         'artifacts_opt': Spec((dict, NONE), children=_LOSS.children, closed=False),
         'ldl_opt': Spec((dict, NONE), children=_LOSS.children, closed=False),
+        'seg_opt': Spec((dict, NONE), children=_LOSS.children, closed=False), 'sync_bn': Spec(bool),
         'net_d_iters': Spec(int, check=positive_int), 'net_d_init_iters': Spec(int, check=nonneg_int),
         'relativistic_gan': Spec(bool),
         'use_amp': Spec(bool), 'amp_dtype': Spec(str),
@@ -383,6 +390,11 @@ _TRAIN_SCHEMA = Spec(dict, True, {
         'tb_images': Spec(int, check=nonneg_int),
         'metrics': Spec((dict, NONE), any_child=_typed()),
         'pbar': Spec(bool, ignored='progress is always shown: a bar on a terminal, log lines otherwise'),
+        # LocalizerModel: masks from probability > threshold, then the detection morphology
+        'threshold': Spec(NUMBER, check=_probability), 'morphology': Spec(dict, False, {
+            k: Spec(int, check=nonneg_int) for k in ('erode', 'dilate', 'dilate_iterations', 'fill_holes',
+                                                     'min_area')}),
+        'tile': Spec(int, check=positive_int), 'overlap': Spec(int, check=nonneg_int),
     }),
     'logger': Spec(dict, False, {
         'print_freq': Spec(int, check=positive_int), 'save_checkpoint_freq': Spec(int, check=positive_int),

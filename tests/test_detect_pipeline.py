@@ -203,7 +203,7 @@ def test_read_sr_image_gray_rgba_16bit(tmp_path):
 
 
 @pytest.mark.parametrize('change, message', [
-    (lambda o: o['input'].update(lr='x'), 'input: set either input.lr'),
+    (lambda o: o['input'].update(lr='x'), 'input: set one of input.lr (run the generators), input.mse_sr'),
     (lambda o: o['input'].pop('mse_sr'), 'input.mse_sr: missing; mode (b) needs both'),
     (lambda o: o['detector'].update(type='desr'), "detector.type: unknown detector type 'desr'. Did you mean 'desra'?"),
     (lambda o: o['detector'].update(threshold='high'), "detector.threshold: expected a number, got 'high'"),

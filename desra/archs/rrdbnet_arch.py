@@ -90,6 +90,7 @@ class RRDBNet(nn.Module):
         if scale not in (1, 2, 4):
             raise ConfigError(f"RRDBNet: scale must be 1, 2 or 4, got {scale!r}")
         self.scale = scale
+        self.in_channels = num_in_ch  # of the image, before the pixel-unshuffle of scales 1 and 2
         if scale == 2:
             num_in_ch = num_in_ch * 4
         elif scale == 1:

@@ -14,10 +14,11 @@ _LAZY = {
     'augment': 'desra.data.transforms', 'mod_crop': 'desra.data.transforms',
     'paired_random_crop': 'desra.data.transforms',
     'RealESRGANDataset': 'desra.data.realesrgan_dataset', 'RealESRGANPairedDataset': 'desra.data.realesrgan_dataset',
+    'ArtifactMaskDataset': 'desra.data.artifact_mask_dataset',
 }
 
 DATASET_MODULES = ('desra.data.paired_image_dataset', 'desra.data.single_image_dataset',
-                   'desra.data.realesrgan_dataset')
+                   'desra.data.realesrgan_dataset', 'desra.data.artifact_mask_dataset')
 
 __all__ = sorted(_LAZY) + ['register_datasets']
 

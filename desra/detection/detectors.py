@@ -1,8 +1,9 @@
 """Artifact detectors selectable in YAML (``detector.type``): ``desra`` and the paper's Table 1 baselines.
 
 Every detector maps an (MSE-SR, GAN-SR) pair of uint8-range H x W x 3 images to a full-size uint8 0/255 mask
-and a dict of maps (``'D'``: the map that was thresholded, for pictures). The baselines use the same
-morphology as DeSRA, so the mask metrics compare like with like.
+and a dict of maps (``'D'``: the map that was thresholded, for pictures; ``'P'``: a localiser's probability).
+The baselines use the same morphology as DeSRA, so the mask metrics compare like with like. The ``localizer``
+needs only the GAN-SR image (``needs_mse = False``); the MSE-SR argument may then be None.
 """
 from __future__ import annotations
 
@@ -90,3 +91,59 @@ class NIQEDetector(_ThresholdedMapDetector):
         score = np.asarray(niqe_map(gan_sr, window=self.window, stride=self.stride, params=self.params),
                            dtype=np.float64)
         return self.finish(score > self.threshold, score)
+
+
+@DETECTOR_REGISTRY.register(name='localizer')
+class LocalizerDetector:
+    """``detector.type: localizer``: a trained localiser's probability map, thresholded, then DeSRA's morphology.
+
+    Needs only the restored (GAN-SR) image; an MSE-SR image is used only by a localiser trained with it
+    (``in_channels: 6``). Maps: ``'P'`` the probability (saved and shown in the gallery).
+
+    Args:
+        network: the architecture (e.g. ``{type: DeepLabV3Plus, encoder_name: resnet18}``).
+        checkpoint: the trained weights (``experiments/<name>/models/net_l_<iter>.pth``).
+        param_key: ``params_ema`` (default; falls back to ``params``) or ``params``.
+        threshold: probability above which a pixel is an artifact (0.5).
+        tile, overlap: sliding windows (see :func:`desra.detection.localizer.predict_probability`).
+        erode, dilate, dilate_iterations, fill_holes, min_area: the morphology of :mod:`desra.detection`
+            (``min_area`` 0 keeps every region).
+        device: where the network runs (default: CUDA when available).
+    """
+
+    uses_semantics = False
+    needs_mse = False
+
+    def __init__(self, network=None, checkpoint=None, param_key='params_ema', threshold=0.5, tile=512, overlap=64,
+                 erode=5, dilate=5, dilate_iterations=3, fill_holes=3, min_area=4000, device=None):
+        if not isinstance(network, dict) or 'type' not in network:
+            raise ValueError('network: give the localiser architecture, e.g. {type: DeepLabV3Plus, '
+                             'encoder_name: resnet18}')
+        if not checkpoint:
+            raise ValueError('checkpoint: give the trained localiser (e.g. experiments/<name>/models/net_l_<iter>.pth)')
+        if not 0.0 < float(threshold) < 1.0:
+            raise ValueError(f'threshold: a probability in (0, 1), got {threshold}')
+        import torch
+
+        from desra.detection.localizer import in_channels_of, load_localizer
+        from desra.engine.dist import get_device
+
+        self.device = torch.device(device) if device else get_device('auto')
+        self.net = load_localizer(network, checkpoint, param_key, self.device)
+        self.needs_mse = in_channels_of(self.net) == 6
+        self.threshold, self.tile, self.overlap = float(threshold), int(tile), int(overlap)
+        self.morphology = dict(erode=erode, dilate=dilate, dilate_iterations=dilate_iterations,
+                               fill_holes=fill_holes, min_area=min_area)
+
+    def probability(self, gan_sr: np.ndarray, mse_sr: np.ndarray | None = None) -> np.ndarray:
+        """The H x W artifact probability of a restored image (float32 in [0, 1])."""
+        from desra.detection.localizer import predict_probability
+
+        return predict_probability(self.net, gan_sr, mse_sr if self.needs_mse else None, self.tile, self.overlap,
+                                   device=self.device)
+
+    def __call__(self, mse_sr, gan_sr, labels=None, class_weights=None):
+        from desra.detection.morphology import clean_mask
+
+        prob = self.probability(gan_sr, mse_sr)
+        return clean_mask(prob > self.threshold, **self.morphology), {'P': prob}

@@ -6,6 +6,8 @@ Two input modes:
     any registered arch, official checkpoint formats) are run on them, tiled so memory stays bounded.
 (b) ``input.mse_sr`` + ``input.gan_sr``: folders of SR results that already exist (flat, or the released
     two-level ``root/<sub>/<img>`` layout), paired by relative path.
+(c) ``input.images``: a folder of restored images alone, for detectors that need no MSE-SR twin (``detector.type:
+    localizer``, a trained artifact localiser). Mode (a) with such a detector needs only ``gan_model``.
 
 Order of work, so that bad input never leaves a half-written output root:
 
@@ -62,7 +64,8 @@ DETECT_SCHEMA = Spec(dict, True, {
     'num_gpu': Spec((int, str), check=num_gpu),
     'import_modules': Spec(list),
     'max_image_pixels': Spec(int, check=nonneg_int),
-    'input': Spec(dict, True, {'lr': Spec((str, NONE)), 'mse_sr': Spec((str, NONE)), 'gan_sr': Spec((str, NONE))}),
+    'input': Spec(dict, True, {'lr': Spec((str, NONE)), 'mse_sr': Spec((str, NONE)), 'gan_sr': Spec((str, NONE)),
+                               'images': Spec((str, NONE))}),
     'mse_model': MODEL_SPEC,
     'gan_model': MODEL_SPEC,
     'tile_size': Spec(int, check=nonneg_int), 'tile_pad': Spec(int, check=nonneg_int),
@@ -178,7 +181,8 @@ def preflight(opt: dict) -> dict:
 
     Checks: the pixel limit, that MSE-SR and GAN-SR twins have the same size, and that the SR images are at
     least the detector's window (:func:`detector_min_size`). Returns ``{'mode', 'names', 'sources'}`` with
-    ``sources[name]`` = ``{'lr': path}`` (mode a) or ``{'mse_sr': path, 'gan_sr': path}`` (mode b).
+    ``sources[name]`` = ``{'lr': path}`` (mode a), ``{'mse_sr': path, 'gan_sr': path}`` (mode b) or
+    ``{'gan_sr': path}`` (mode c).
     """
     inp = opt['input']
     min_size = detector_min_size(opt['detector'])
@@ -195,6 +199,17 @@ def preflight(opt: dict) -> dict:
                 raise _too_small(lr_images[name], hw, min_size, f' (x{scale}: {hw[1] * scale}x{hw[0] * scale})')
             sources[name] = {'lr': lr_images[name]}
         return {'mode': 'lr', 'names': sorted(lr_images), 'sources': sources}
+    if inp.get('images'):
+        images, ignored = list_images(inp['images'], 'input.images')
+        if ignored:
+            logger.warning('Ignoring %d non-image file(s) in %s: %s', len(ignored), inp['images'],
+                           ', '.join(display_name(n) for n in ignored[:5]))
+        for name in sorted(images):
+            hw = _checked_size(images[name])
+            if hw is not None and min(hw) < min_size:
+                raise _too_small(images[name], hw, min_size, '')
+            sources[name] = {'gan_sr': images[name]}
+        return {'mode': 'images', 'names': sorted(images), 'sources': sources}
     names, mse_paths, gan_paths = pair_sr_folders(inp['mse_sr'], inp['gan_sr'])
     for name in names:
         m_hw, g_hw = _checked_size(mse_paths[name]), _checked_size(gan_paths[name])
@@ -239,11 +254,19 @@ def map_to_color(score: np.ndarray, artifact_low: bool) -> np.ndarray:
     return cv2.applyColorMap((v * 255).round().astype(np.uint8), cv2.COLORMAP_JET)
 
 
+def probability_to_color(prob: np.ndarray) -> np.ndarray:
+    """A colour picture of a probability map on a fixed scale: blue 0, red 1 (JET)."""
+    import cv2
+
+    v = np.clip(np.nan_to_num(np.asarray(prob, np.float64)), 0, 1)
+    return cv2.applyColorMap((v * 255).round().astype(np.uint8), cv2.COLORMAP_JET)
+
+
 class DetectionWriter:
     """Writes one image's outputs under ``root`` (atomically), record last; knows what a record must match."""
 
-    OPTIONAL = (('MSE-SR', '.png'), ('GAN-SR', '.png'), ('maps/D', '.npy'), ('maps/S', '.npy'), ('labels', '.png'),
-                ('overlays', '.png'))
+    OPTIONAL = (('MSE-SR', '.png'), ('GAN-SR', '.png'), ('maps/D', '.npy'), ('maps/S', '.npy'), ('maps/P', '.npy'),
+                ('labels', '.png'), ('overlays', '.png'))
 
     def __init__(self, root: str, save_maps: bool, save_overlays: bool, save_sr: bool, settings: dict | None = None):
         self.root, self.save_maps, self.save_overlays, self.save_sr = root, save_maps, save_overlays, save_sr
@@ -274,7 +297,7 @@ class DetectionWriter:
             return 'input file changed'
         needed = [rec.get('mask'), rec.get('d_map'), rec.get('overlay') if self.save_overlays else None]
         if self.save_sr:
-            needed += [rec.get('mse_sr'), rec.get('gan_sr')]
+            needed += [rec.get('gan_sr')] + ([rec.get('mse_sr')] if 'mse_sr' in inputs else [])
         if any(p and not os.path.isfile(p) for p in needed):
             return 'output files missing'
         return None
@@ -289,11 +312,14 @@ class DetectionWriter:
             os.remove(rec_path)  # an interrupted recompute must not leave the old record over new files
         written = set()
         if self.save_sr:
-            imwrite_atomic(np.clip(mse, 0, 255).round().astype(np.uint8), self.path('MSE-SR', name))
+            if mse is not None:
+                imwrite_atomic(np.clip(mse, 0, 255).round().astype(np.uint8), self.path('MSE-SR', name))
+                written.add('MSE-SR')
             imwrite_atomic(np.clip(gan, 0, 255).round().astype(np.uint8), self.path('GAN-SR', name))
-            written |= {'MSE-SR', 'GAN-SR'}
+            written.add('GAN-SR')
+        map_key = 'D' if maps.get('D') is not None else 'P'
         if self.save_maps:
-            for key in ('D', 'S'):
+            for key in ('D', 'S', 'P'):
                 if maps.get(key) is not None:
                     with atomic_open(self.path(f'maps/{key}', name, '.npy')) as f:
                         np.save(f, np.asarray(maps[key], np.float32))
@@ -301,7 +327,8 @@ class DetectionWriter:
             if maps.get('labels') is not None:
                 imwrite_atomic(np.asarray(maps['labels']).astype(np.uint8), self.path('labels', name))
                 written.add('labels')
-        imwrite_atomic(map_to_color(maps['D'], artifact_low), self.path('vis/D', name))
+        vis = map_to_color(maps['D'], artifact_low) if map_key == 'D' else probability_to_color(maps['P'])
+        imwrite_atomic(vis, self.path(f'vis/{map_key}', name))
         if self.save_overlays:
             imwrite_atomic(overlay_mask(gan, mask), self.path('overlays', name))
             written.add('overlays')
@@ -315,9 +342,9 @@ class DetectionWriter:
         record = {'name': name, 'height': int(mask.shape[0]), 'width': int(mask.shape[1]),
                   'artifact_pixels': int((mask > 0).sum()), 'artifact_fraction': float((mask > 0).mean()),
                   'regions': int(n_regions), 'lr': sources.get('lr'),
-                  'mse_sr': self.path('MSE-SR', name) if self.save_sr else sources.get('mse_sr'),
+                  'mse_sr': (self.path('MSE-SR', name) if self.save_sr and mse is not None else sources.get('mse_sr')),
                   'gan_sr': self.path('GAN-SR', name) if self.save_sr else sources.get('gan_sr'),
-                  'mask': self.path('masks', name), 'd_map': self.path('vis/D', name),
+                  'mask': self.path('masks', name), 'd_map': self.path(f'vis/{map_key}', name), 'map': map_key,
                   'overlay': self.path('overlays', name) if self.save_overlays else None,
                   'fingerprint': {'settings': self.settings_fp, 'inputs': settings_hash(inputs)},
                   'settings': self.settings, 'inputs': inputs}
@@ -348,24 +375,52 @@ def parse_detect_options(argv=None) -> dict:
 
 def validate_detect_options(opt: dict, warnings: list | None = None) -> None:
     check_schema(opt, DETECT_SCHEMA, '', warnings)
+    import desra.detection.detectors  # noqa: F401  (torch-free: registers the detectors)
+
+    import_user_modules(opt.get('import_modules'))
     inp = opt['input']
-    mode_a, mode_b = bool(inp.get('lr')), bool(inp.get('mse_sr') or inp.get('gan_sr'))
-    if mode_a == mode_b:
-        raise ConfigError('input: set either input.lr (run the MSE-SR and GAN-SR models) or both input.mse_sr '
-                          'and input.gan_sr (existing SR folders), not both and not neither')
-    if mode_b and not (inp.get('mse_sr') and inp.get('gan_sr')):
+    modes = [m for m, on in (('lr', inp.get('lr')), ('sr', inp.get('mse_sr') or inp.get('gan_sr')),
+                             ('images', inp.get('images'))) if on]
+    if len(modes) != 1:
+        raise ConfigError('input: set one of input.lr (run the generators), input.mse_sr + input.gan_sr (existing SR '
+                          'folders) or input.images (restored images alone, for detector.type: localizer)')
+    det_cls = DETECTOR_REGISTRY.get(opt['detector'].get('type'), 'detector.type')
+    needs_mse = getattr(det_cls, 'needs_mse', True)
+    if modes[0] == 'sr' and not (inp.get('mse_sr') and inp.get('gan_sr')):
         missing = 'mse_sr' if not inp.get('mse_sr') else 'gan_sr'
         raise ConfigError(f'input.{missing}: missing; mode (b) needs both input.mse_sr and input.gan_sr')
-    if mode_a:
-        for key in ('mse_model', 'gan_model'):
+    if modes[0] == 'images' and needs_mse:
+        raise ConfigError(f"input.images: detector.type {opt['detector']['type']} compares MSE-SR with GAN-SR; "
+                          'give input.mse_sr + input.gan_sr, or use detector.type: localizer')
+    if modes[0] == 'lr':
+        for key in ('mse_model', 'gan_model') if needs_mse else ('gan_model',):
             if key not in opt:
                 raise ConfigError(f'{key}: missing required key for input.lr (network + path of the generator)')
         if 'scale' not in opt:
             raise ConfigError('scale: missing required key for input.lr (the generators\' upscaling factor)')
-    import desra.detection.detectors  # noqa: F401  (torch-free: registers the detectors)
+    if needs_mse:
+        DETECTOR_REGISTRY.build(dict(opt['detector']), 'detector')  # type and arguments, before any input is read
+    else:
+        _check_signature(opt['detector'])  # building it would load its network: only the arguments here
 
-    import_user_modules(opt.get('import_modules'))
-    DETECTOR_REGISTRY.build(dict(opt['detector']), 'detector')  # type and arguments, before any input is read
+
+def _check_signature(det_opt: dict) -> None:
+    """The detector's arguments are known keys (for detectors whose construction loads a network)."""
+    import inspect
+
+    from desra.config import unknown_key_error
+
+    cls = DETECTOR_REGISTRY.get(det_opt['type'], 'detector.type')
+    params = inspect.signature(cls).parameters
+    for key in det_opt:
+        if key != 'type' and key not in params:
+            raise unknown_key_error('detector', key, {k: None for k in params})
+    for key in ('network', 'checkpoint'):
+        if key in params and params[key].default is None and not det_opt.get(key):
+            raise ConfigError(f'detector.{key}: missing required key for detector.type {det_opt["type"]}')
+    ckpt = det_opt.get('checkpoint')
+    if isinstance(ckpt, str) and not os.path.isfile(ckpt):
+        raise DataError(f'detector.checkpoint: file does not exist: {os.path.abspath(ckpt)}')
 
 
 def output_root(opt: dict) -> str:
@@ -387,7 +442,12 @@ def detection_settings(opt: dict, mode: str, uses_semantics: bool) -> dict:
                             'save_overlays': out_opt.get('save_overlays', True)}}
     if mode == 'lr':
         settings.update(scale=opt['scale'], tile_size=opt.get('tile_size', 0), tile_pad=opt.get('tile_pad', 10),
-                        mse_model=_model_identity(opt['mse_model']), gan_model=_model_identity(opt['gan_model']))
+                        gan_model=_model_identity(opt['gan_model']))
+        if opt.get('mse_model'):
+            settings['mse_model'] = _model_identity(opt['mse_model'])
+    ckpt = opt['detector'].get('checkpoint')
+    if isinstance(ckpt, str) and os.path.isfile(ckpt):
+        settings['detector']['checkpoint'] = weights_identity(ckpt)  # a retrained localiser counts by content
     if uses_semantics:
         seg = opt.get('segmenter')
         seg = dict(seg) if isinstance(seg, dict) else {'type': 'none'}
@@ -453,6 +513,9 @@ def detect_pipeline(opt: dict) -> dict:
     # ---- everything that can fail on user input, before the output root is touched
     det_opt = dict(opt['detector'])
     detector = DETECTOR_REGISTRY.build(det_opt, 'detector')
+    if getattr(detector, 'needs_mse', True) and (plan['mode'] == 'images' or (mode_a and not opt.get('mse_model'))):
+        raise ConfigError('detector: this localiser was trained with MSE-SR channels (in_channels 6); give '
+                          'input.mse_sr + input.gan_sr, or mse_model with input.lr')
     artifact_low = det_opt['type'] == 'desra'
     uses_semantics = getattr(detector, 'uses_semantics', False)
     segmenter, class_weights = None, None
@@ -463,7 +526,8 @@ def detect_pipeline(opt: dict) -> dict:
         elif segmenter is not None and not _is_none_segmenter(segmenter):
             logger.warning('class_weights is not set: every class gets weight 1')
     if mode_a:
-        mse_net = _load_generator(opt['mse_model'], 'mse_model', device, opt['scale'])
+        mse_net = _load_generator(opt['mse_model'], 'mse_model', device, opt['scale']) if opt.get('mse_model') \
+            else None
         gan_net = _load_generator(opt['gan_model'], 'gan_model', device, opt['scale'])
     settings = detection_settings(opt, plan['mode'], uses_semantics)
     writer = DetectionWriter(root, out_opt.get('save_maps', False), out_opt.get('save_overlays', True),
@@ -500,22 +564,26 @@ def detect_pipeline(opt: dict) -> dict:
             lr_paths = {n: sources[n]['lr'] for n in todo}
             for batch, lrs in _lr_batches(todo, lr_paths, opt.get('batch_size', 1)):
                 lq = torch.from_numpy(np.stack([lr[..., ::-1] for lr in lrs]).copy()).permute(0, 3, 1, 2) / 255.0
-                srs = []
+                srs = [None]
                 for net in (mse_net, gan_net):
+                    if net is None:
+                        continue
                     sr = tiled_forward(net, lq.to(device), opt['scale'], tile_size=opt.get('tile_size', 0),
                                        tile_pad=opt.get('tile_pad', 10), mod_pad=getattr(net, 'mod_pad', 1))
                     # rounded to uint8 as saved SR images are, so mode (a) and mode (b) see the same numbers
                     srs.append((sr.float().clamp(0, 1) * 255).round().permute(0, 2, 3, 1).cpu().numpy()[..., ::-1])
-                labels = _segment(segmenter, list(srs[1]), device)
+                mse_srs, gan_srs = (srs[1], srs[2]) if mse_net is not None else ([None] * len(batch), srs[1])
+                labels = _segment(segmenter, list(gan_srs), device)
                 for i, name in enumerate(batch):
-                    records.append(_detect_one(name, srs[0][i], srs[1][i], labels[i], sources[name],
+                    records.append(_detect_one(name, mse_srs[i], gan_srs[i], labels[i], sources[name],
                                                detector, class_weights, writer, artifact_low))
                     progress.update(1)
         else:
             for name in todo:
                 src = sources[name]
-                mse, gan = read_sr_image(src['mse_sr']), read_sr_image(src['gan_sr'])
-                if mse.shape != gan.shape:  # headers Pillow could not read are checked here
+                mse = read_sr_image(src['mse_sr']) if src.get('mse_sr') else None
+                gan = read_sr_image(src['gan_sr'])
+                if mse is not None and mse.shape != gan.shape:  # headers Pillow could not read are checked here
                     raise _pair_size_error(src['mse_sr'], mse.shape[:2], src['gan_sr'], gan.shape[:2])
                 labels = _segment(segmenter, [gan], device)[0]
                 records.append(_detect_one(name, mse, gan, labels, src, detector, class_weights, writer,
@@ -529,8 +597,20 @@ def detect_pipeline(opt: dict) -> dict:
             if out_opt.get('html', True):
                 from desra.detection.gallery import write_gallery
 
+                columns, intro = None, None
+                if det_opt['type'] == 'localizer':
+                    from desra.detection.gallery import DETECTION_COLUMNS
+
+                    columns = [(('P: artifact probability (red = 1)' if k == 'd_map' else t), k)
+                               for t, k in DETECTION_COLUMNS]
+                    if not writer.save_overlays:
+                        columns[-1] = ('mask', 'mask')
+                    flagged = sum(1 for r in all_records if r['artifact_pixels'] > 0)
+                    intro = (f'{len(all_records)} image(s); {flagged} with artifacts. Sorted by artifact area. P: the '
+                             f'localiser\'s artifact probability (blue 0, red 1), thresholded at '
+                             f'{detector.threshold:g}.')
                 html = write_gallery(root, all_records, title=f"{opt['name']}: {det_opt['type']} detections",
-                                     overlays=writer.save_overlays)
+                                     overlays=writer.save_overlays, columns=columns, intro=intro)
                 logger.info('Gallery: %s', html)
             logger.info('%d image(s) processed, %d skipped; results in %s', len(todo), skipped, root)
         dist_utils.barrier()

@@ -127,3 +127,66 @@ def call_on_rank0(fn):
         cls = getattr(errors, failure[0], errors.UserError)
         raise cls(failure[1])
     return result
+
+
+class DistributedBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm whose training statistics are those of the global batch over all processes, on any device and
+    backend (PyTorch's ``SyncBatchNorm`` refuses CPU tensors, so it cannot run under gloo).
+
+    Training: per channel c, each process computes its count n_i, mean m_i and centred sum of squares
+    M2_i = sum (x - m_i)^2 (float32, no cancellation); ``n_i m_i``, ``M2_i + n_i m_i^2`` and ``n_i`` are summed over
+    the processes in float64 with a differentiable all-reduce (``torch.distributed.nn.functional.all_reduce``, which
+    sums the gradients of the statistics in the backward pass), giving ``mean = sum n_i m_i / N`` and
+    ``var = sum (M2_i + n_i m_i^2) / N - mean^2`` (biased, for the normalisation), then
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``; the running mean and the running (unbiased,
+    ``var * N / (N - 1)``) variance are updated with ``momentum``. In a single process the same formula runs on the
+    local batch, so a 1-process run and an N-process run of the same global batch compute the same thing (up to
+    the order of the float sums: 9.5e-7 apart after 6 SGD steps of a small DeepLabV3+). Eval mode is plain
+    BatchNorm. The parameter and buffer names are BatchNorm2d's, so state dicts are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        self._check_input_dim(x)
+        c = x.shape[1]
+        xf = x.float()
+        count = float(x.numel() // c)
+        # centred sums per process (no cancellation in float32), combined across processes in float64
+        local_mean = xf.mean((0, 2, 3))
+        centred = xf - local_mean.view(1, c, 1, 1)
+        m2 = (centred * centred).sum((0, 2, 3)).double()
+        lm = local_mean.double()
+        stats = torch.cat([count * lm, m2 + count * lm * lm, lm.new_full((1,), count)])
+        if get_dist_info()[1] > 1:
+            from torch.distributed.nn.functional import all_reduce
+
+            stats = all_reduce(stats)
+        n = stats[-1]
+        mean64 = stats[:c] / n
+        var64 = (stats[c:2 * c] / n - mean64 * mean64).clamp_min(0)
+        mean, var = mean64.float(), var64.float()
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_((var64 * (n / (n - 1).clamp_min(1))).float().detach(), alpha=m)
+        y = (xf - mean.view(1, c, 1, 1)) * torch.rsqrt(var.view(1, c, 1, 1) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        return y.to(x.dtype)
+
+
+def convert_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every ``BatchNorm2d`` of ``module`` (in place where possible) by :class:`DistributedBatchNorm2d`,
+    keeping its parameters and buffers; returns the module."""
+    if type(module) is torch.nn.BatchNorm2d:
+        new = DistributedBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                     module.track_running_stats).to(next(iter(module.state_dict().values())).device)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, convert_batchnorm(child))
+    return module

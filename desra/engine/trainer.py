@@ -96,6 +96,13 @@ def check_data_for_model(model, train_set, opt: dict) -> None:
     """The on-the-fly degradation needs GT images with kernels, and paired data sets need none."""
     kernels = getattr(train_set, 'provides_kernels', False)
     kind = type(train_set).__name__
+    masks = getattr(train_set, 'provides_masks', False)
+    if getattr(model, 'needs_masks', False) != masks:
+        if masks:
+            raise ConfigError(f"datasets.train.type: {kind} gives images with artifact masks, which model_type "
+                              f"{opt.get('model_type')} does not learn from; use model_type: LocalizerModel")
+        raise ConfigError(f"model_type {opt.get('model_type')} learns artifact masks: datasets.train.type must be "
+                          f"ArtifactMaskDataset, got {kind}")
     if getattr(model, 'synthesis', None) is not None:
         if not kernels:
             raise ConfigError(f"high_order_degradation: true needs GT images with blur kernels (datasets.train.type: "

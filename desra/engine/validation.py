@@ -172,6 +172,8 @@ def validate(model, loader, opt: dict, current_iter: int, tb_logger=None, save_i
     """
     from desra.data.io import imwrite_atomic, tensor2img
 
+    if hasattr(model, 'validation'):  # models with their own notion of validation (the artifact localiser)
+        return model.validation(loader, opt, current_iter, tb_logger, save_img)
     results: dict = {}
     if opt.get('rank', 0) == 0:
         val_opt = opt.get('val') or {}

@@ -1,5 +1,5 @@
 """Models (one training step each); importing registers them in ``MODEL_REGISTRY``."""
-from desra.models import gan_model, sr_model  # noqa: F401  (registration)
+from desra.models import gan_model, localizer_model, sr_model  # noqa: F401  (registration)
 from desra.models.base_model import BaseModel, build_loss, build_network, build_optimizer, unwrap  # noqa: F401
 
 

@@ -170,11 +170,12 @@ class BaseModel:
         """Wrap the trained networks in DDP when a process group is active."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return
-        find_unused = self.opt.get('find_unused_parameters', False)
         ids = [self.device.index] if self.device.type == 'cuda' else None
         for name in self._trained_network_names():
-            setattr(self, name, DistributedDataParallel(getattr(self, name), device_ids=ids,
-                                                        find_unused_parameters=find_unused))
+            net = getattr(self, name)
+            # a network that declares parameters outside its forward (e.g. DeepLabV3Plus below depth 5) needs it
+            find_unused = self.opt.get('find_unused_parameters', getattr(net, 'has_unused_parameters', False))
+            setattr(self, name, DistributedDataParallel(net, device_ids=ids, find_unused_parameters=find_unused))
 
     def _trained_network_names(self) -> list[str]:
         return ['net_g']

