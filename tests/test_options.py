@@ -28,6 +28,10 @@ def test_every_option_file_validates(name):
         from desra.detection.pipeline import validate_detect_options
 
         validate_detect_options(opt)
+    elif os.path.basename(name).startswith('fuse'):
+        from desra.pipelines.fuse import validate_fuse_options
+
+        validate_fuse_options(opt)
     else:
         validate_options(opt, is_train='train' in opt)  # a training file has a train block
 

@@ -185,6 +185,9 @@ def preflight(opt: dict) -> dict:
     ``{'gan_sr': path}`` (mode c).
     """
     inp = opt['input']
+    ckpt = opt['detector'].get('checkpoint')
+    if isinstance(ckpt, str) and not os.path.isfile(ckpt):
+        raise DataError(f'detector.checkpoint: file does not exist: {os.path.abspath(ckpt)}')
     min_size = detector_min_size(opt['detector'])
     sources = {}
     if inp.get('lr'):
@@ -418,9 +421,6 @@ def _check_signature(det_opt: dict) -> None:
     for key in ('network', 'checkpoint'):
         if key in params and params[key].default is None and not det_opt.get(key):
             raise ConfigError(f'detector.{key}: missing required key for detector.type {det_opt["type"]}')
-    ckpt = det_opt.get('checkpoint')
-    if isinstance(ckpt, str) and not os.path.isfile(ckpt):
-        raise DataError(f'detector.checkpoint: file does not exist: {os.path.abspath(ckpt)}')
 
 
 def output_root(opt: dict) -> str:
