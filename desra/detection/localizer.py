@@ -9,9 +9,9 @@ sigmoid.
 Sliding windows (:func:`predict_probability`): the image is covered by ``tile`` x ``tile`` windows whose corners
 are ``tile - overlap`` apart, the last one flush with the border; each window is reflect-padded to a multiple of
 ``divisor`` (the network's output stride constraint), run, cropped back, and the window probabilities are
-blended with a weight that ramps linearly from ``1 / (overlap + 1)`` at a window's edge to 1 at ``overlap``
-pixels inside (edges on the image border keep weight 1), so there are no seams. Images no larger than ``tile``
-are one window.
+blended with a weight that is 0 on the outer ``overlap // 4`` pixels of an inner edge (those pixels see no context
+on one side, and the neighbouring window covers them), then ramps linearly up to 1 at ``overlap`` pixels inside
+(edges on the image border keep weight 1), so there are no seams. Images no larger than ``tile`` are one window.
 """
 from __future__ import annotations
 
