@@ -6,9 +6,13 @@ from desra.cli import run_cli
 
 
 def main(argv=None):
+    from desra.config import build_arg_parser
+
+    # the arguments first: --help and a bad flag answer before numpy, OpenCV (and torch) are loaded
+    args = build_arg_parser('Detect GAN-SR artifacts (DeSRA).', is_train=False).parse_args(argv)
     from desra.detection.pipeline import detect_pipeline, parse_detect_options
 
-    return detect_pipeline(parse_detect_options(argv))
+    return detect_pipeline(parse_detect_options(args=args))
 
 
 if __name__ == '__main__':

@@ -29,8 +29,11 @@ setup(
     package_data={'desra': ['resources/*']},
     python_requires='>=3.10',
     install_requires=read_requirements(),
-    extras_require={'test': ['pytest', 'scikit-image', 'pillow', 'lmdb'], 'demo': ['scikit-image', 'pillow'],
-                    'lmdb': ['lmdb']},
+    # onnx: scripts/export_onnx.py (onnxscript only for --exporter dynamo); the test extra has onnx and
+    # onnxruntime so that tests/test_onnx_export.py runs (CPU wheels, ~9 + 24 MB, no torch dependency).
+    extras_require={'test': ['pytest', 'scikit-image', 'pillow', 'lmdb', 'onnx==1.23.1', 'onnxruntime==1.30.0'],
+                    'demo': ['scikit-image', 'pillow'], 'lmdb': ['lmdb'],
+                    'onnx': ['onnx==1.23.1', 'onnxruntime==1.30.0', 'onnxscript==0.7.2']},
     license='Apache-2.0',
     classifiers=['Programming Language :: Python :: 3', 'Topic :: Scientific/Engineering :: Image Processing'],
 )

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from desra.errors import ConfigError, DataError
+from desra.tile_options import tile_size_option
 
 
 # ----------------------------------------------------------------------------------------------- YAML
@@ -292,6 +293,12 @@ def positive_int_list(value, path: str) -> list:
     return [positive_int(check_schema(v, Spec(int), f'{path}[{i}]'), f'{path}[{i}]') for i, v in enumerate(value)]
 
 
+def _speed_option(value, path: str):
+    from desra.engine.speed import check_speed_option
+
+    return check_speed_option(value, path)
+
+
 def run_name(value, path: str) -> str:
     """``name`` becomes a folder under ``experiments/`` or ``results/``: one plain path component."""
     bad = (not value.strip() or value in ('.', '..') or '/' in value or '\\' in value or '\x00' in value
@@ -383,10 +390,14 @@ _TRAIN_SCHEMA = Spec(dict, True, {
         'net_d_iters': Spec(int, check=positive_int), 'net_d_init_iters': Spec(int, check=nonneg_int),
         'relativistic_gan': Spec(bool),
         'use_amp': Spec(bool), 'amp_dtype': Spec(str),
+        # desra.engine.speed: 'auto' (absent) = the device's measured default
+        'compile': Spec((bool, str, dict, NONE), check=_speed_option),
+        **{k: Spec((bool, str), check=_speed_option) for k in ('channels_last', 'fused_optim', 'cudnn_benchmark',
+                                                              'tf32')},
     }),
     'val': Spec(dict, False, {
         'val_freq': Spec(int, check=positive_int), 'save_img': Spec(bool), 'suffix': Spec(_STR_OR_NONE),
-        'tile_size': Spec(int, check=nonneg_int), 'tile_pad': Spec(int, check=nonneg_int),
+        'tile_size': Spec((int, str), check=tile_size_option), 'tile_pad': Spec(int, check=nonneg_int),
         'tb_images': Spec(int, check=nonneg_int),
         'metrics': Spec((dict, NONE), any_child=_typed()),
         'pbar': Spec(bool, ignored='progress is always shown: a bar on a terminal, log lines otherwise'),
@@ -416,7 +427,7 @@ _TEST_SCHEMA = Spec(dict, True, {
                                 'strict_load_g': Spec(bool), 'results_root': Spec(str), 'root': Spec(str)}),
     'val': Spec(dict, False, {
         'save_img': Spec(bool), 'suffix': Spec(_STR_OR_NONE), 'metrics': Spec((dict, NONE), any_child=_typed()),
-        'tile_size': Spec(int, check=nonneg_int), 'tile_pad': Spec(int, check=nonneg_int),
+        'tile_size': Spec((int, str), check=tile_size_option), 'tile_pad': Spec(int, check=nonneg_int),
         'pbar': Spec(bool, ignored='progress is always shown: a bar on a terminal, log lines otherwise')}),
     'dist_params': Spec(dict, False, {'backend': Spec(_STR_OR_NONE), 'port': Spec(int, check=positive_int)}),
 })

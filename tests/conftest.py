@@ -269,3 +269,19 @@ def make_artifact_photos(root, n=8, size=96, seed=0, folder_img='images', folder
         cv2.imwrite(os.path.join(root, folder_mask, name + '.png'), mask)
         images[name], masks[name] = img, mask
     return images, masks
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'cuda: needs a CUDA device (skipped without one; scripts/gpu_check.sh runs '
+                                       'them with -m cuda)')
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA device')
+    for item in items:
+        if 'cuda' in item.keywords:
+            item.add_marker(skip)

@@ -198,6 +198,46 @@ def test_ldl_loss_value_and_registry():
         LDLArtifactLoss(reduction='avg')
 
 
+@pytest.mark.parametrize('r,shape', [(1, (2, 1, 5, 7)), (2, (1, 2, 6, 5)), (3, (2, 1, 9, 4)), (3, (1, 1, 4, 4))])
+def test_reflect_fold_is_the_adjoint_of_reflect_pad(r, shape):
+    # the backward's in-place fold of the reflect padding, against the definition of the adjoint and
+    # against torch's reflection_pad2d_backward kernel (CPU; its CUDA kernel is not deterministic)
+    from desra.losses.ldl_loss import _reflect_fold_
+    g = torch.Generator().manual_seed(r)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    y = torch.randn(*shape[:2], shape[2] + 2 * r, shape[3] + 2 * r, generator=g, dtype=torch.float64)
+    fold = _reflect_fold_(y.clone(), r)
+    assert fold.shape == x.shape
+    torch.testing.assert_close((F.pad(x, [r] * 4, mode='reflect') * y).sum(), (x * fold).sum(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(fold, torch.ops.aten.reflection_pad2d_backward(y, x, [r] * 4), rtol=1e-15, atol=1e-15)
+
+
+def _map_grads_on(device):
+    gt, sr, ema = (t.to(device) for t in rand_triplet((2, 3, 19, 14), seed=31))
+    g = torch.randn(2, 1, 19, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(device)
+    return (ldl_artifact_map(gt, sr, ema).detach(), *_grads(ldl_artifact_map, gt, sr, ema, g))
+
+
+@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='needs CUDA'))])
+def test_map_and_gradient_deterministic_and_match_reference(device):
+    # Under torch.use_deterministic_algorithms(True) nothing in the map or its backward may raise (no
+    # kernel without a deterministic implementation) and two runs agree bit for bit.
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = _map_grads_on(device), _map_grads_on(device)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    gt, sr, ema = rand_triplet((2, 3, 19, 14), seed=31)
+    g = torch.randn(2, 1, 19, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ref = (ref_artifact_map(gt, sr, ema), *_grads(ref_artifact_map, gt, sr, ema, g))
+    for o, r in zip(first, ref):
+        torch.testing.assert_close(o.cpu(), r, rtol=1e-7, atol=1e-9 * r.abs().max().item())
+
+
 # ====================================================================================== pixel losses
 
 def test_l1_mse_hand_values():

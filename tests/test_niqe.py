@@ -306,13 +306,14 @@ def test_niqe_map_is_higher_over_pasted_noise():
     rng = np.random.default_rng(0)
     noisy = img.copy()
     noisy[80:176, 96:192] = np.clip(noisy[80:176, 96:192] + rng.normal(0, 40, (96, 96, 3)), 0, 255)
-    m = N.niqe_map(noisy.round().astype(np.uint8))
+    # the shipped fit whatever pretrained/ holds: the margins below were set on its scale
+    m = N.niqe_map(noisy.round().astype(np.uint8), params=N.DEFAULT_PARAMS_PATH)
     assert m.shape == (256, 256) and m.dtype == np.float64 and np.all(np.isfinite(m))
     inside = np.zeros(m.shape, bool)
     inside[80:176, 96:192] = True
     assert m[inside].mean() > 1.2 * m[~inside].mean()
     assert np.unravel_index(np.argmax(m), m.shape)[0] in range(80, 176)
-    clean = N.niqe_map(img)
+    clean = N.niqe_map(img, params=N.DEFAULT_PARAMS_PATH)
     assert m[inside].mean() > clean[inside].mean() + 5
 
 

@@ -25,8 +25,8 @@ from desra.atomic import atomic_write_bytes
 from desra.errors import DataError
 from desra.utils.images import apply_orientation, read_header
 
-__all__ = ['IMG_EXTENSIONS', 'is_image_file', 'imfrombytes', 'imread', 'imwrite_atomic', 'imwrite',
-           'img2tensor', 'tensor2img', 'scandir']
+__all__ = ['IMG_EXTENSIONS', 'is_image_file', 'imfrombytes', 'imread', 'imencode', 'png_params', 'imwrite_atomic',
+           'imwrite', 'img2tensor', 'tensor2img', 'scandir']
 
 #: Lower-case suffixes treated as images by the datasets (matching is case-insensitive).
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -157,6 +157,43 @@ def imread(path: str | os.PathLike, flag: str = 'color', float32: bool = False) 
     return imfrombytes(content, flag=flag, float32=float32, path=os.path.abspath(path))
 
 
+def png_params(level: int) -> list[int]:
+    """``cv2.imencode`` parameters for a PNG at compression ``level``: 0 (stored) to 9 (smallest, slowest).
+
+    Every level uses the SUB row filter (on photos ~1.5x faster than libpng's adaptive choice). Level 1 uses
+    zlib's run-length strategy, OpenCV's own default: on photos it is both faster and smaller than the default
+    strategy at levels 1-3. Levels 2-9 are zlib's levels with its default strategy (9: ~8 % smaller than 1,
+    ~30x slower). The pixels are the same at every level.
+    """
+    level = int(level)
+    params = [cv2.IMWRITE_PNG_COMPRESSION, level]
+    if level == 1:
+        params += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    if hasattr(cv2, 'IMWRITE_PNG_FILTER'):  # not in older OpenCV builds
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
+    return params
+
+
+def imencode(img: np.ndarray, path: str | os.PathLike, params: Sequence[int] | None = None) -> np.ndarray:
+    """Encode ``img`` (H x W [x C], BGR, uint8/uint16) in the format of ``path``'s suffix; returns the bytes.
+
+    Raises:
+        DataError: no suffix, a format OpenCV does not write, or an image it cannot encode (shape, dtype).
+    """
+    path = os.path.abspath(os.fspath(path))
+    ext = os.path.splitext(path)[1]
+    if not ext:
+        raise DataError(f'cannot write image {path}: the file name needs a suffix such as .png')
+    try:
+        ok, buf = cv2.imencode(ext, img, list(params) if params else [])
+    except cv2.error as e:
+        raise DataError(f'cannot encode image for {path} (shape {getattr(img, "shape", None)}, dtype '
+                        f'{getattr(img, "dtype", None)}): {str(e).strip()}') from None
+    if not ok:
+        raise DataError(f'cannot encode image for {path}: OpenCV refused the format {ext!r}')
+    return buf
+
+
 def imwrite_atomic(img: np.ndarray, path: str | os.PathLike, params: Sequence[int] | None = None,
                    auto_mkdir: bool = True) -> bool:
     """Encode ``img`` (H x W [x C], BGR, uint8/uint16) by the suffix of ``path`` and write it atomically.
@@ -167,25 +204,15 @@ def imwrite_atomic(img: np.ndarray, path: str | os.PathLike, params: Sequence[in
     Args:
         img: image in OpenCV layout.
         path: destination; the suffix selects the format (``.png``, ``.jpg``, ...).
-        params: ``cv2.imencode`` parameters, e.g. ``[cv2.IMWRITE_JPEG_QUALITY, 95]``.
+        params: ``cv2.imencode`` parameters, e.g. ``[cv2.IMWRITE_JPEG_QUALITY, 95]`` or :func:`png_params`.
         auto_mkdir: create missing parent folders.
 
     Returns:
         True (for drop-in compatibility with ``cv2.imwrite``).
     """
     path = os.path.abspath(os.fspath(path))
-    folder, name = os.path.split(path)
-    ext = os.path.splitext(name)[1]
-    if not ext:
-        raise DataError(f'cannot write image {path}: the file name needs a suffix such as .png')
-    try:
-        ok, buf = cv2.imencode(ext, img, list(params) if params else [])
-    except cv2.error as e:
-        raise DataError(f'cannot encode image for {path} (shape {getattr(img, "shape", None)}, dtype '
-                        f'{getattr(img, "dtype", None)}): {str(e).strip()}') from None
-    if not ok:
-        raise DataError(f'cannot encode image for {path}: OpenCV refused the format {ext!r}')
-    if not auto_mkdir and not os.path.isdir(folder):
+    buf = imencode(img, path, params)
+    if not auto_mkdir and not os.path.isdir(os.path.dirname(path)):
         raise DataError(f'cannot write image {path}: folder does not exist')
     atomic_write_bytes(path, buf)  # OutputError naming the file (and the bytes needed when the disk is full)
     return True

@@ -5,24 +5,29 @@ cropped by 5 px per side to line up, ``S = clip(D * w[label], 0, 1)``, ``S < 0.7
 three times, fill holes (3x3), drop 8-connected components of <= 4000 px. The released masks stay at the
 cropped size; by default this function puts the mask back at SR size with the uncovered 5 px band marked
 0 (no artifact), which is what pseudo-GT blending and the metrics at SR size need.
+
+Numpy input without labels needs neither torch nor the semantic module (both are imported when used).
 """
 from __future__ import annotations
 
 import os
 
 import numpy as np
-import torch
 
 from desra.detection.indicator import SSIM_CONSTANT, texture_similarity
 from desra.detection.morphology import clean_mask
-from desra.detection.semantics import _is_int_dtype, load_class_weights, semantic_adjust
+from desra.utils.lazy_torch import is_tensor
 
 __all__ = ['detect_artifacts']
 
 
 def _crop_labels(labels, full_hw, valid_hw, h: int, is_torch: bool, device):
     """Label map at SR size (cropped by h per side) or already at the valid size -> D's kind and layout."""
+    from desra.detection.semantics import _is_int_dtype
+
     if is_torch:
+        import torch
+
         lab = labels if torch.is_tensor(labels) else torch.from_numpy(np.asarray(labels))
         lab = lab.to(device)
         if lab.dim() == 4 and lab.shape[1] == 1:
@@ -30,7 +35,7 @@ def _crop_labels(labels, full_hw, valid_hw, h: int, is_torch: bool, device):
         if lab.dim() == 2:
             lab = lab[None]
     else:
-        lab = labels.cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels)
+        lab = labels.cpu().numpy() if is_tensor(labels) else np.asarray(labels)
     if not _is_int_dtype(lab):
         raise ValueError(f'detect_artifacts: labels must be integer class indices, got dtype {lab.dtype}')
     hw = tuple(lab.shape[-2:])
@@ -74,7 +79,7 @@ def detect_artifacts(mse_sr, gan_sr, labels=None, class_weights=None, threshold:
     """
     if labels is None and class_weights is not None:
         raise ValueError('detect_artifacts: class_weights are given but no labels to look them up with')
-    is_torch = torch.is_tensor(mse_sr)
+    is_torch = is_tensor(mse_sr)
     D = texture_similarity(mse_sr, gan_sr, window=window, window_size=window_size, sigma=sigma,
                            constant=constant, valid=True)
     h = int(window_size) // 2
@@ -89,6 +94,8 @@ def detect_artifacts(mse_sr, gan_sr, labels=None, class_weights=None, threshold:
         if is_torch and lab.shape[0] != Db.shape[0]:
             raise ValueError(f'detect_artifacts: {lab.shape[0]} label maps for a batch of {Db.shape[0]} images')
     if class_weights is not None:
+        from desra.detection.semantics import load_class_weights, semantic_adjust
+
         if isinstance(class_weights, (str, os.PathLike, dict)):
             class_weights = load_class_weights(class_weights)
         S = semantic_adjust(Db, lab, class_weights)
@@ -100,6 +107,8 @@ def detect_artifacts(mse_sr, gan_sr, labels=None, class_weights=None, threshold:
                       dilate_iterations=dilate_iterations, fill_holes=fill_holes, min_area=min_area)
     if not official_crop:
         if is_torch:
+            import torch
+
             full = torch.zeros(mask.shape[:-2] + full_hw, dtype=torch.uint8, device=mask.device)
         else:
             full = np.zeros(full_hw, np.uint8)

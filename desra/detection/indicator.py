@@ -23,16 +23,27 @@ Implementation notes (why, not what):
   strips of rows processed by a small thread pool: each strip's buffers stay in cache and both cores
   are used. torch's depthwise ``conv2d`` is ~10x slower on CPU for float64. Other devices (CUDA) use
   two grouped ``F.conv2d`` passes (k x 1 then 1 x k) in float64. ``backend`` forces either path.
+* The strip workers are one pool kept for the process (made again after a fork): starting threads per call
+  cost more than a small image's whole computation on a busy machine.
+* torch is imported only for tensor input or ``backend='torch'``: numpy callers (``detect.py`` on SR folders)
+  never load it.
 """
 from __future__ import annotations
 
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import os
+import threading
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
-from torch.nn import functional as F
+
+from desra.utils.lazy_torch import is_tensor, loaded_torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ['texture_similarity', 'window_kernel_1d', 'SSIM_CONSTANT']
 
@@ -64,7 +75,8 @@ def window_kernel_1d(window: str = 'gaussian', window_size: int = 11, sigma: flo
 def _as_dtype_name(dtype) -> str:
     if dtype is None:
         return 'float32'
-    if isinstance(dtype, torch.dtype):
+    torch = loaded_torch()
+    if torch is not None and isinstance(dtype, torch.dtype):
         name = str(dtype).replace('torch.', '')
     else:
         try:
@@ -120,8 +132,8 @@ def texture_similarity(mse_sr, gan_sr, window: str = 'gaussian', window_size: in
         ValueError: different shapes (both named), an unsupported layout, an image smaller than the
             window, or a bad window / dtype / backend option.
     """
-    is_torch = torch.is_tensor(mse_sr)
-    if is_torch != torch.is_tensor(gan_sr):
+    is_torch = is_tensor(mse_sr)
+    if is_torch != is_tensor(gan_sr):
         raise TypeError('texture_similarity: mse_sr and gan_sr must both be torch tensors or both numpy '
                         f'arrays, got {type(mse_sr).__name__} and {type(gan_sr).__name__}')
     if not is_torch and not (isinstance(mse_sr, np.ndarray) and isinstance(gan_sr, np.ndarray)):
@@ -161,6 +173,8 @@ def texture_similarity(mse_sr, gan_sr, window: str = 'gaussian', window_size: in
 
     use_torch = backend == 'torch' or (backend == 'auto' and is_torch and x1.device.type != 'cpu')
     if use_torch:
+        import torch
+
         t1, t2 = (x if is_torch else torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
                   for x in (x1, x2))
         d = _similarity_torch(t1, t2, g, constant, eps, valid, getattr(torch, out_name))
@@ -169,6 +183,8 @@ def texture_similarity(mse_sr, gan_sr, window: str = 'gaussian', window_size: in
         return d[0] if squeeze else d
 
     if is_torch:  # CPU tensors: zero-copy numpy views, channels first
+        import torch
+
         a1, a2 = (t.numpy() if t.dtype != torch.bfloat16 and t.dtype != torch.float16 else t.float().numpy()
                   for t in (x1.cpu(), x2.cpu()))
         pairs = [(a1[b], a2[b]) for b in range(a1.shape[0])]
@@ -190,7 +206,7 @@ def texture_similarity(mse_sr, gan_sr, window: str = 'gaussian', window_size: in
 
 def _warn_if_unit_range(x1, x2) -> None:
     """Values in [0, 1] make every variance tiny next to C, so D ~ 1 everywhere: almost surely a mistake."""
-    is_float = x1.is_floating_point() if torch.is_tensor(x1) else np.issubdtype(x1.dtype, np.floating)
+    is_float = x1.is_floating_point() if is_tensor(x1) else np.issubdtype(x1.dtype, np.floating)
     if not is_float:
         return
     if float(x1.max()) <= 1.0 and float(x2.max()) <= 1.0:
@@ -248,10 +264,26 @@ def _similarity_cv2(pairs, channels_first: bool, g: np.ndarray, constant: float,
         for it in items:
             work(it)
     else:
-        with ThreadPoolExecutor(n_threads) as ex:
-            for _ in ex.map(work, items):  # re-raises a worker's exception here
-                pass
+        for _ in _strip_pool(n_threads).map(work, items):  # re-raises a worker's exception here
+            pass
     return out
+
+
+_POOL_LOCK = threading.Lock()
+_POOL: dict = {}
+
+
+def _strip_pool(n_threads: int) -> ThreadPoolExecutor:
+    """The process's strip workers (at least ``n_threads``), made on first use and again after a fork."""
+    with _POOL_LOCK:
+        if _POOL.get('pid') != os.getpid() or _POOL['size'] < n_threads:
+            # a forked child inherits the object but not its threads; more threads asked: a larger pool
+            old = _POOL.get('pool') if _POOL.get('pid') == os.getpid() else None
+            _POOL.update(pool=ThreadPoolExecutor(n_threads, thread_name_prefix='desra-indicator'), pid=os.getpid(),
+                         size=n_threads)
+            if old is not None:
+                old.shutdown(wait=False)
+        return _POOL['pool']
 
 
 # -------------------------------------------------------------------------------------- torch path
@@ -259,6 +291,9 @@ def _similarity_cv2(pairs, channels_first: bool, g: np.ndarray, constant: float,
 def _similarity_torch(x1: torch.Tensor, x2: torch.Tensor, g: np.ndarray, constant: float, eps: float,
                       valid: bool, out_dtype: torch.dtype) -> torch.Tensor:
     """D from B x C x H x W tensors with two grouped 1-D convolutions in float64 -> B x 1 x H' x W'."""
+    import torch
+    from torch.nn import functional as F
+
     mom_dtype = torch.float32 if x1.device.type == 'mps' else torch.float64  # MPS has no float64
     nc = x1.shape[1]
     x1 = x1.to(mom_dtype)

@@ -8,6 +8,8 @@
 Borders follow the released code, which calls ``cv2.erode`` / ``cv2.dilate`` with their defaults:
 ``BORDER_CONSTANT`` with ``morphologyDefaultBorderValue()``, i.e. +inf for erosion and -inf for dilation,
 so the outside of the image never erodes a region touching the edge and never dilates into the image.
+
+scipy is imported only for a ``fill_holes`` structure other than 3 x 3, torch only for tensor masks.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ import numbers
 
 import cv2
 import numpy as np
-import torch
-from scipy import ndimage
+
+from desra.utils.lazy_torch import is_tensor
 
 __all__ = ['clean_mask', 'fill_holes', 'remove_small_components', 'resolve_min_area']
 
@@ -51,6 +53,8 @@ def fill_holes(mask: np.ndarray, size: int = 3) -> np.ndarray:
     call scipy.
     """
     if size != 3:
+        from scipy import ndimage
+
         return ndimage.binary_fill_holes(mask, structure=np.ones((size, size), bool)).view(np.uint8)
     framed = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), np.uint8)
     framed[1:-1, 1:-1] = mask != 0
@@ -112,7 +116,9 @@ def clean_mask(mask, erode: int = 5, dilate: int = 5, dilate_iterations: int = 3
     dilate = _check_size('dilate', dilate)
     dilate_iterations = _check_size('dilate_iterations', dilate_iterations)
     fill_holes = _check_size('fill_holes', fill_holes)
-    if torch.is_tensor(mask):
+    if is_tensor(mask):
+        import torch
+
         if mask.dim() not in (2, 3, 4) or (mask.dim() == 4 and mask.shape[1] != 1):
             raise ValueError(f'clean_mask: tensor masks must be H x W, B x H x W or B x 1 x H x W, got shape '
                              f'{tuple(mask.shape)}')

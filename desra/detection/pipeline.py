@@ -17,11 +17,28 @@ Order of work, so that bad input never leaves a half-written output root:
 3. the output root is locked (:class:`~desra.utils.lock.FolderLock`; a second run on the same root refuses);
 4. each image whose record carries the fingerprint of the current settings and inputs is skipped; every
    other image is recomputed, and the log says how many and why (``settings changed: detector.threshold``);
-5. per image, every file is written atomically and the JSON record last, so an interrupted run resumes.
+5. per image, the files are written as one durable commit (:func:`~desra.atomic.commit_files`): temporary
+   files, one parallel fsync pass, renames, one fsync per folder, and only then the JSON record. The record
+   is what marks an image done, so a run killed at any point leaves no record over missing or partial files,
+   and the rerun recomputes exactly the images without a record.
+
+Outputs: ``masks/`` (uint8 0/255), ``vis/D`` (or ``vis/P``), ``overlays/`` (``output.save_overlays``, default
+on), ``MSE-SR/`` + ``GAN-SR/`` (``output.save_sr``, default on in mode (a)), ``records/*.json``, ``summary.csv``
+and ``index.html``. The float maps ``maps/{D,S,P}/*.npy`` and the label PNGs are written only with
+``output.save_maps: true`` (about 1 MB per 512 x 512 image). PNGs are written at zlib level
+``output.png_compression`` (0-9, default 1: fast; on photos 9 is ~8 % smaller and ~30x slower, 0 ~2.7x
+larger). The level does not change a pixel, so it is recorded in each record but is not part of the
+fingerprint: changing it alone recomputes nothing.
+
+The next image is decoded and the previous one written (encoding and commit) in threads while the current
+one is detected; the closing ``Timing:`` log line gives the wall time per image and what the loop waited for.
 
 The fingerprint (:func:`detection_settings`) covers the detector type and arguments, the segmenter and its
 weights, the class-weight file's content, the two generators (network options, parameter key, checkpoint
 SHA-256), tiling, the outputs asked for, and each input file's identity (path, size, mtime).
+
+torch is imported only when the work needs it: mode (a), a real segmenter, a torch detector, or torchrun.
+Mode (b) with ``segmenter: {type: none}`` and the DeSRA detector runs on numpy and OpenCV alone.
 
 With torchrun, each rank takes every N-th image. Input images are read as documented in :func:`read_sr_image`
 (grayscale, RGBA and 16-bit PNGs are accepted; EXIF orientation is applied).
@@ -35,26 +52,43 @@ import logging
 import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from desra.atomic import atomic_open, remove_stale_temp_files
+from desra.atomic import atomic_open, commit_files, fsync_dir, remove_stale_temp_files
 from desra.config import (NONE, NUMBER, Spec, _typed, apply_force_yml, apply_image_limit, build_arg_parser,
                           check_schema, load_yaml_file, nonneg_int, nonneg_number, num_gpu, positive_int,
                           report_warnings, run_name)
-from desra.data.io import IMG_EXTENSIONS, imread, imwrite_atomic
+from desra.data.io import IMG_EXTENSIONS, imencode, imread, png_params
 from desra.engine.logger import detach_log_file, get_root_logger
 from desra.errors import ConfigError, DataError
+from desra.tile_options import DEFAULT_TILE_PAD, tile_size_option
 from desra.registry import DETECTOR_REGISTRY, import_user_modules
 from desra.utils.fingerprint import changed_keys, file_identity, settings_hash, weights_identity
 from desra.utils.images import check_pixel_limit, display_name, image_header
+from desra.utils.lazy_torch import is_tensor
 from desra.utils.lock import FolderLock
 from desra.utils.progress import Progress
 
 logger = logging.getLogger('desra')
 
 #: Bumped when the detector's outputs change for the same settings, so old records are recomputed.
-RECORD_VERSION = 2
+RECORD_VERSION = 3  # 3: seamless tiles (blended windows, tile_pad 40 by default)
+
+#: zlib level of the PNGs ``detect.py`` writes (``output.png_compression``): fast; the pixels never depend on it.
+PNG_COMPRESSION_DEFAULT = 1
+
+
+def png_level(value, path: str) -> int:
+    """``output.png_compression``: an integer zlib level 0-9."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise ConfigError(f'{path}: expected an integer from 0 (no compression, fastest) to 9 (smallest files), '
+                          f'got {value!r}')
+    return value
+
 
 MODEL_SPEC = Spec(dict, False, {'network': _typed(True), 'path': Spec(str, True), 'param_key': Spec((str, NONE)),
                                 'strict': Spec(bool)})
@@ -68,13 +102,14 @@ DETECT_SCHEMA = Spec(dict, True, {
                                'images': Spec((str, NONE))}),
     'mse_model': MODEL_SPEC,
     'gan_model': MODEL_SPEC,
-    'tile_size': Spec(int, check=nonneg_int), 'tile_pad': Spec(int, check=nonneg_int),
+    'tile_size': Spec((int, str), check=tile_size_option), 'tile_pad': Spec(int, check=nonneg_int),
     'batch_size': Spec(int, check=positive_int),
     'segmenter': Spec((dict, NONE), False, {'type': Spec(str, True)}, closed=False),
     'class_weights': Spec((str, list, NONE)),
     'detector': _typed(True, threshold=Spec(NUMBER), min_area=Spec(NUMBER, check=nonneg_number)),
     'output': Spec(dict, False, {'root': Spec(str), 'save_maps': Spec(bool), 'save_overlays': Spec(bool),
-                                 'save_sr': Spec(bool), 'html': Spec(bool)}),
+                                 'save_sr': Spec(bool), 'html': Spec(bool),
+                                 'png_compression': Spec(int, check=png_level)}),
     'dist_params': Spec(dict, False, {'backend': Spec((str, NONE)), 'port': Spec(int, check=positive_int)}),
 })
 
@@ -266,15 +301,22 @@ def probability_to_color(prob: np.ndarray) -> np.ndarray:
 
 
 class DetectionWriter:
-    """Writes one image's outputs under ``root`` (atomically), record last; knows what a record must match."""
+    """Writes one image's outputs under ``root`` as one durable commit, record last; knows what a record must match.
+
+    ``png_compression``: the zlib level (0-9) of every PNG written; it changes file sizes, never pixels, so it is
+    stored in the record (``png_compression``) but not in the fingerprint.
+    """
 
     OPTIONAL = (('MSE-SR', '.png'), ('GAN-SR', '.png'), ('maps/D', '.npy'), ('maps/S', '.npy'), ('maps/P', '.npy'),
                 ('labels', '.png'), ('overlays', '.png'))
 
-    def __init__(self, root: str, save_maps: bool, save_overlays: bool, save_sr: bool, settings: dict | None = None):
+    def __init__(self, root: str, save_maps: bool, save_overlays: bool, save_sr: bool, settings: dict | None = None,
+                 png_compression: int = PNG_COMPRESSION_DEFAULT):
         self.root, self.save_maps, self.save_overlays, self.save_sr = root, save_maps, save_overlays, save_sr
         self.settings = settings or {}
         self.settings_fp = settings_hash(self.settings)
+        self.png_compression = png_level(png_compression, 'output.png_compression')
+        self._png = png_params(self.png_compression)
 
     def path(self, kind: str, name: str, ext: str = '.png') -> str:
         return os.path.join(self.root, kind, name + ext)
@@ -307,39 +349,49 @@ class DetectionWriter:
 
     def write(self, name: str, mask: np.ndarray, maps: dict, mse: np.ndarray, gan: np.ndarray, sources: dict,
               artifact_low: bool) -> dict:
-        """``sources``: paths of the ``lr`` / ``mse_sr`` / ``gan_sr`` inputs (None where there is no file)."""
+        """``sources``: paths of the ``lr`` / ``mse_sr`` / ``gan_sr`` inputs (None where there is no file).
+
+        Every file is encoded in memory first; then :func:`~desra.atomic.commit_files` writes them all with one
+        fsync pass and one fsync per folder, and the record only after them.
+        """
         import cv2
 
         rec_path = self.path('records', name, '.json')
         if os.path.exists(rec_path):
-            os.remove(rec_path)  # an interrupted recompute must not leave the old record over new files
-        written = set()
+            # an interrupted recompute must not leave the old record over new files: the removal is made
+            # durable before any new file can be
+            os.remove(rec_path)
+            fsync_dir(os.path.dirname(rec_path))
+        files, written = [], set()
+
+        def png(kind: str, img: np.ndarray) -> None:
+            path = self.path(kind, name)
+            files.append((path, imencode(img, path, self._png)))
+            written.add(kind)
+
         if self.save_sr:
             if mse is not None:
-                imwrite_atomic(np.clip(mse, 0, 255).round().astype(np.uint8), self.path('MSE-SR', name))
-                written.add('MSE-SR')
-            imwrite_atomic(np.clip(gan, 0, 255).round().astype(np.uint8), self.path('GAN-SR', name))
-            written.add('GAN-SR')
+                png('MSE-SR', np.clip(mse, 0, 255).round().astype(np.uint8))
+            png('GAN-SR', np.clip(gan, 0, 255).round().astype(np.uint8))
         map_key = 'D' if maps.get('D') is not None else 'P'
         if self.save_maps:
             for key in ('D', 'S', 'P'):
                 if maps.get(key) is not None:
-                    with atomic_open(self.path(f'maps/{key}', name, '.npy')) as f:
-                        np.save(f, np.asarray(maps[key], np.float32))
+                    buf = io.BytesIO()
+                    np.save(buf, np.asarray(maps[key], np.float32))
+                    files.append((self.path(f'maps/{key}', name, '.npy'), buf.getbuffer()))
                     written.add(f'maps/{key}')
             if maps.get('labels') is not None:
-                imwrite_atomic(np.asarray(maps['labels']).astype(np.uint8), self.path('labels', name))
-                written.add('labels')
-        vis = map_to_color(maps['D'], artifact_low) if map_key == 'D' else probability_to_color(maps['P'])
-        imwrite_atomic(vis, self.path(f'vis/{map_key}', name))
+                png('labels', np.asarray(maps['labels']).astype(np.uint8))
+        png(f'vis/{map_key}', map_to_color(maps['D'], artifact_low) if map_key == 'D'
+            else probability_to_color(maps['P']))
         if self.save_overlays:
-            imwrite_atomic(overlay_mask(gan, mask), self.path('overlays', name))
-            written.add('overlays')
+            png('overlays', overlay_mask(gan, mask))
+        png('masks', mask)
         for kind, ext in self.OPTIONAL:  # outputs of an earlier run with other output settings
             stale = self.path(kind, name, ext)
             if kind not in written and os.path.isfile(stale):
                 os.remove(stale)
-        imwrite_atomic(mask, self.path('masks', name))
         n_regions = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)[0] - 1
         inputs = {k: file_identity(v) for k, v in sources.items() if v}
         record = {'name': name, 'height': int(mask.shape[0]), 'width': int(mask.shape[1]),
@@ -349,16 +401,21 @@ class DetectionWriter:
                   'gan_sr': self.path('GAN-SR', name) if self.save_sr else sources.get('gan_sr'),
                   'mask': self.path('masks', name), 'd_map': self.path(f'vis/{map_key}', name), 'map': map_key,
                   'overlay': self.path('overlays', name) if self.save_overlays else None,
+                  'png_compression': self.png_compression,
                   'fingerprint': {'settings': self.settings_fp, 'inputs': settings_hash(inputs)},
                   'settings': self.settings, 'inputs': inputs}
-        with atomic_open(rec_path, 'w') as f:
-            json.dump(record, f)
+        commit_files(files, last=(rec_path, json.dumps(record).encode('utf-8', 'surrogateescape')))
         return record
 
 
 # ------------------------------------------------------------------------------------------------ options
-def parse_detect_options(argv=None) -> dict:
-    args = build_arg_parser('Detect GAN-SR artifacts (DeSRA).', is_train=False).parse_args(argv)
+DETECT_DESCRIPTION = 'Detect GAN-SR artifacts (DeSRA).'
+
+
+def parse_detect_options(argv=None, args=None) -> dict:
+    """Options of ``detect.py``, checked, with every input image's header (``args``: already parsed ``argv``)."""
+    if args is None:
+        args = build_arg_parser(DETECT_DESCRIPTION, is_train=False).parse_args(argv)
     get_root_logger(None, int(os.environ.get('RANK', '0') or 0))
     opt = load_yaml_file(args.opt)
     apply_force_yml(opt, args.force_yml)
@@ -441,8 +498,8 @@ def detection_settings(opt: dict, mode: str, uses_semantics: bool) -> dict:
                             'save_maps': out_opt.get('save_maps', False),
                             'save_overlays': out_opt.get('save_overlays', True)}}
     if mode == 'lr':
-        settings.update(scale=opt['scale'], tile_size=opt.get('tile_size', 0), tile_pad=opt.get('tile_pad', 10),
-                        gan_model=_model_identity(opt['gan_model']))
+        settings.update(scale=opt['scale'], tile_size=opt.get('tile_size', 0),
+                        tile_pad=opt.get('tile_pad', DEFAULT_TILE_PAD), gan_model=_model_identity(opt['gan_model']))
         if opt.get('mse_model'):
             settings['mse_model'] = _model_identity(opt['mse_model'])
     ckpt = opt['detector'].get('checkpoint')
@@ -490,15 +547,60 @@ def _summarise_reasons(reasons: dict[str, str]) -> str:
     return '; '.join(f'{n} {why}' for why, n in counts.most_common())
 
 
+def _plain_none_segmenter(seg_opt) -> bool:
+    """``segmenter`` is absent, null or ``{type: none}``: no labels, so no segmenter (and no torch) is needed."""
+    return seg_opt is None or (isinstance(seg_opt, dict) and seg_opt.get('type') == 'none'
+                               and set(seg_opt) <= {'type', 'device'})
+
+
+class _Timer:
+    """Seconds the per-image loop spends per stage, for the closing ``Timing:`` log line.
+
+    ``read`` and ``write`` are the waits for the reading and writing threads (the time they did not hide behind
+    the detection); ``generate`` is mode (a)'s LR reading and generators.
+    """
+
+    def __init__(self):
+        self.total = {}
+        self.start = time.perf_counter()
+
+    def add(self, stage: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.total[stage] = self.total.get(stage, 0.0) + now - t0
+        return now
+
+    def line(self, n: int) -> str:
+        wall = time.perf_counter() - self.start
+        per = ', '.join(f'{k} {v / n * 1000:.1f}' for k, v in self.total.items())
+        return f'Timing: {n} image(s) in {wall:.2f} s, {wall / n * 1000:.1f} ms per image (waits and work: {per} ms)'
+
+
+def _read_inputs(src: dict) -> tuple:
+    mse = read_sr_image(src['mse_sr']) if src.get('mse_sr') else None
+    gan = read_sr_image(src['gan_sr'])
+    if mse is not None and mse.shape != gan.shape:  # headers Pillow could not read are checked here
+        raise _pair_size_error(src['mse_sr'], mse.shape[:2], src['gan_sr'], gan.shape[:2])
+    return mse, gan
+
+
+def _prefetched(names: list[str], sources: dict):
+    """``(name, (mse, gan))`` in order; the next pair is decoded in a thread while the caller works on this one.
+
+    A read error is raised when its image's turn comes, as without the prefetch.
+    """
+    if not names:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix='desra-read') as ex:
+        nxt = ex.submit(_read_inputs, sources[names[0]])
+        for i, name in enumerate(names):
+            pair = nxt.result()
+            nxt = ex.submit(_read_inputs, sources[names[i + 1]]) if i + 1 < len(names) else None
+            yield name, pair
+
+
 def detect_pipeline(opt: dict) -> dict:
     """Run detection as the options say; returns ``{'processed', 'skipped', 'records', 'root', 'reasons'}``."""
-    import torch
-
     import desra.detection.detectors  # noqa: F401  (registers the detectors)
-    from desra.detection.segmenters import build_segmenter
-    from desra.detection.semantics import load_class_weights
-    from desra.engine import dist as dist_utils
-    from desra.inference import tiled_forward
 
     rank, world = opt.get('rank', 0), opt.get('world_size', 1)
     get_root_logger(None, rank)
@@ -506,9 +608,18 @@ def detect_pipeline(opt: dict) -> dict:
     plan = opt.get('_plan') or preflight(opt)
     root = output_root(opt)
     out_opt = opt.get('output') or {}
-    device = dist_utils.get_device(opt.get('num_gpu', 'auto'))
     mode_a = plan['mode'] == 'lr'
     names, sources = plan['names'], plan['sources']
+    if world > 1:
+        from desra.engine import dist as dist_utils
+
+        on_rank0, barrier = dist_utils.call_on_rank0, dist_utils.barrier
+    else:  # one process: no torch.distributed (nor torch) needed
+        def on_rank0(fn):
+            return fn()
+
+        def barrier():
+            return None
 
     # ---- everything that can fail on user input, before the output root is touched
     det_opt = dict(opt['detector'])
@@ -518,12 +629,25 @@ def detect_pipeline(opt: dict) -> dict:
                           'input.mse_sr + input.gan_sr, or mse_model with input.lr')
     artifact_low = det_opt['type'] == 'desra'
     uses_semantics = getattr(detector, 'uses_semantics', False)
+    needs_segmenter = uses_semantics and not _plain_none_segmenter(opt.get('segmenter'))
+    device = None
+    if mode_a or needs_segmenter:
+        from desra.engine import dist as dist_utils
+
+        device = dist_utils.get_device(opt.get('num_gpu', 'auto'))
     segmenter, class_weights = None, None
-    if uses_semantics:
+    if needs_segmenter:
+        from desra.detection.segmenters import build_segmenter
+
         segmenter = build_segmenter(opt.get('segmenter'), device, key_path='segmenter')
+        if _is_none_segmenter(segmenter):
+            segmenter = None
+    if uses_semantics:
         if opt.get('class_weights') is not None:
+            from desra.detection.semantics import load_class_weights
+
             class_weights = load_class_weights(opt['class_weights'])
-        elif segmenter is not None and not _is_none_segmenter(segmenter):
+        elif segmenter is not None:
             logger.warning('class_weights is not set: every class gets weight 1')
     if mode_a:
         mse_net = _load_generator(opt['mse_model'], 'mse_model', device, opt['scale']) if opt.get('mse_model') \
@@ -531,18 +655,20 @@ def detect_pipeline(opt: dict) -> dict:
         gan_net = _load_generator(opt['gan_model'], 'gan_model', device, opt['scale'])
     settings = detection_settings(opt, plan['mode'], uses_semantics)
     writer = DetectionWriter(root, out_opt.get('save_maps', False), out_opt.get('save_overlays', True),
-                             out_opt.get('save_sr', mode_a), settings)
+                             out_opt.get('save_sr', mode_a), settings,
+                             out_opt.get('png_compression', PNG_COMPRESSION_DEFAULT))
 
     lock = FolderLock(root, 'detection output root')
-    dist_utils.call_on_rank0(lock.acquire)
+    on_rank0(lock.acquire)
     log_file = os.path.join(root, f"detect_{opt['name']}_{time.strftime('%Y%m%d_%H%M%S')}.log")
+    out = None
     try:
         if rank == 0:
             get_root_logger(log_file, rank)
             removed = remove_stale_temp_files(root)
             if removed:
                 logger.info('Removed %d temporary file(s) left by an interrupted run in %s', len(removed), root)
-        dist_utils.barrier()
+        barrier()
 
         mine = names[rank::world]
         reasons = {}
@@ -558,10 +684,16 @@ def detect_pipeline(opt: dict) -> dict:
         elif skipped:
             logger.info('All %d image(s) are up to date in %s (same settings and inputs): skipped', skipped, root)
 
-        records = []
         progress = Progress(len(todo), 'detect', unit='img', enabled=rank == 0)
+        timer = _Timer()
+        out = _WriteBehind(writer, timer, progress)
         if mode_a:
+            import torch
+
+            from desra.inference import tiled_forward
+
             lr_paths = {n: sources[n]['lr'] for n in todo}
+            t0 = time.perf_counter()
             for batch, lrs in _lr_batches(todo, lr_paths, opt.get('batch_size', 1)):
                 lq = torch.from_numpy(np.stack([lr[..., ::-1] for lr in lrs]).copy()).permute(0, 3, 1, 2) / 255.0
                 srs = [None]
@@ -569,28 +701,32 @@ def detect_pipeline(opt: dict) -> dict:
                     if net is None:
                         continue
                     sr = tiled_forward(net, lq.to(device), opt['scale'], tile_size=opt.get('tile_size', 0),
-                                       tile_pad=opt.get('tile_pad', 10), mod_pad=getattr(net, 'mod_pad', 1))
+                                       tile_pad=opt.get('tile_pad', DEFAULT_TILE_PAD),
+                                       mod_pad=getattr(net, 'mod_pad', 1))
                     # rounded to uint8 as saved SR images are, so mode (a) and mode (b) see the same numbers
                     srs.append((sr.float().clamp(0, 1) * 255).round().permute(0, 2, 3, 1).cpu().numpy()[..., ::-1])
                 mse_srs, gan_srs = (srs[1], srs[2]) if mse_net is not None else ([None] * len(batch), srs[1])
+                t0 = timer.add('generate', t0)
                 labels = _segment(segmenter, list(gan_srs), device)
                 for i, name in enumerate(batch):
-                    records.append(_detect_one(name, mse_srs[i], gan_srs[i], labels[i], sources[name],
-                                               detector, class_weights, writer, artifact_low))
-                    progress.update(1)
+                    mask, maps = _detect_one(mse_srs[i], gan_srs[i], labels[i], detector, class_weights)
+                    t0 = timer.add('detect', t0)
+                    out.submit(name, mask, maps, mse_srs[i], gan_srs[i], sources[name], artifact_low)
+                    t0 = time.perf_counter()
         else:
-            for name in todo:
-                src = sources[name]
-                mse = read_sr_image(src['mse_sr']) if src.get('mse_sr') else None
-                gan = read_sr_image(src['gan_sr'])
-                if mse is not None and mse.shape != gan.shape:  # headers Pillow could not read are checked here
-                    raise _pair_size_error(src['mse_sr'], mse.shape[:2], src['gan_sr'], gan.shape[:2])
+            t0 = time.perf_counter()
+            for name, (mse, gan) in _prefetched(todo, sources):
+                t0 = timer.add('read', t0)
                 labels = _segment(segmenter, [gan], device)[0]
-                records.append(_detect_one(name, mse, gan, labels, src, detector, class_weights, writer,
-                                           artifact_low))
-                progress.update(1)
+                mask, maps = _detect_one(mse, gan, labels, detector, class_weights)
+                timer.add('detect', t0)
+                out.submit(name, mask, maps, mse, gan, sources[name], artifact_low)
+                t0 = time.perf_counter()
+        records = out.finish()
         progress.close()
-        dist_utils.barrier()
+        if todo:
+            logger.info(timer.line(len(todo)))
+        barrier()
         if rank == 0:
             all_records = [r for r in (writer.read_record(n) for n in names) if r is not None]
             write_summary(root, all_records)
@@ -613,8 +749,10 @@ def detect_pipeline(opt: dict) -> dict:
                                      overlays=writer.save_overlays, columns=columns, intro=intro)
                 logger.info('Gallery: %s', html)
             logger.info('%d image(s) processed, %d skipped; results in %s', len(todo), skipped, root)
-        dist_utils.barrier()
+        barrier()
     finally:
+        if out is not None:
+            out.abandon()  # a write still in flight ends before the lock is released
         detach_log_file(log_file)
         lock.release()
     return {'processed': len(todo), 'skipped': skipped, 'records': records, 'root': root, 'reasons': reasons}
@@ -626,10 +764,10 @@ def _is_none_segmenter(segmenter) -> bool:
 
 def _segment(segmenter, gans: list[np.ndarray], device) -> list:
     """Label maps of GAN-SR images (H x W x 3 BGR, uint8 range), one segmenter call for the whole batch."""
-    import torch
-
     if segmenter is None:
         return [None] * len(gans)
+    import torch
+
     rgb = torch.from_numpy(np.stack([g[..., ::-1] for g in gans]) / 255.0).permute(0, 3, 1, 2).float()
     out = segmenter(rgb.to(device))
     if out is None:
@@ -637,19 +775,56 @@ def _segment(segmenter, gans: list[np.ndarray], device) -> list:
     return [np.asarray(o.cpu().numpy() if torch.is_tensor(o) else o) for o in out]
 
 
-def _detect_one(name, mse, gan, labels, sources, detector, class_weights, writer, artifact_low):
-    import torch
-
+def _detect_one(mse, gan, labels, detector, class_weights) -> tuple[np.ndarray, dict]:
+    """The detector's uint8 mask and its maps as numpy arrays (``labels`` added when there are any)."""
     mask, maps = detector(mse, gan, labels=labels, class_weights=class_weights)
     mask = np.asarray(mask, np.uint8)
-    maps = {k: (v.cpu().numpy() if torch.is_tensor(v) else v) for k, v in (maps or {}).items()}
+    maps = {k: (v.cpu().numpy() if is_tensor(v) else v) for k, v in (maps or {}).items()}
     if maps.get('D') is not None:
         maps['D'] = np.squeeze(maps['D'])
     if maps.get('S') is not None:
         maps['S'] = np.squeeze(maps['S'])
     if labels is not None:
         maps['labels'] = labels
-    return writer.write(name, mask, maps, mse, gan, sources, artifact_low)
+    return mask, maps
+
+
+class _WriteBehind:
+    """Writes image i (encoding, the durable commit) in a thread while image i + 1 is computed.
+
+    At most one write is in flight; it is waited for before the next is submitted, so a write error stops the
+    run at the next image with the same one-line message. Each image is still its own commit, record last.
+    """
+
+    def __init__(self, writer: DetectionWriter, timer: _Timer, progress: Progress):
+        self.writer, self.timer, self.progress = writer, timer, progress
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix='desra-write')
+        self.pending = None
+        self.records = []
+
+    def submit(self, *args) -> None:
+        self.wait()
+        self.pending = self.pool.submit(self.writer.write, *args)
+
+    def wait(self) -> None:
+        if self.pending is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            self.records.append(self.pending.result())
+        finally:
+            self.pending = None
+            self.timer.add('write', t0)
+        self.progress.update(1)
+
+    def finish(self) -> list[dict]:
+        self.wait()
+        self.pool.shutdown()
+        return self.records
+
+    def abandon(self) -> None:
+        """After an error elsewhere: let a write in flight end (its own error, if any, is not raised)."""
+        self.pool.shutdown(wait=True)
 
 
 def _read_record(path: str) -> dict:

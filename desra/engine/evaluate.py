@@ -71,7 +71,7 @@ def test_pipeline(opt: dict) -> list[dict]:
             for data in loader:
                 with torch.no_grad():
                     sr = tiled_forward(net, data['lq'].to(device), opt['scale'], tile_size=val_opt.get('tile_size', 0),
-                                       tile_pad=val_opt.get('tile_pad', 10), mod_pad=getattr(net, 'mod_pad', 1))
+                                       tile_pad=val_opt.get('tile_pad'), mod_pad=getattr(net, 'mod_pad', 1))
                 sr_dev = sr.float().clamp_(0, 1)
                 sr = sr_dev.cpu()
                 sr_img = tensor2img(sr)

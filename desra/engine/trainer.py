@@ -173,6 +173,11 @@ def train_pipeline(opt: dict) -> dict:
         opt['path']['pretrain_network_g'] = opt['path']['pretrain_network_d'] = None
     set_random_seed(seed)  # identical initial weights (and EMA copies) on every rank
     model = build_model(opt, device)
+    if model.speed is not None:  # the speed options used, into the option dump
+        from desra.engine.speed import apply_backend_flags
+
+        apply_backend_flags(model.speed, device)
+        train_opt.update(model.speed)
     check_data_for_model(model, train_set, opt)
     set_random_seed(seed + rank)  # then per-rank streams, as in BasicSR
     start_iter, epoch, iter_in_epoch = 0, 0, 0
@@ -226,6 +231,7 @@ def _train_loop(opt, model, train_loader, sampler, val_loaders, device, start_it
     if resume_path:
         logger.info('Resumed from %s: epoch %d, iteration %d', resume_path, epoch, start_iter)
     model.wrap_distributed()
+    model.compile_networks()
 
     # ---- loggers (rank 0 writes)
     tb_logger = None

@@ -182,7 +182,7 @@ def validate(model, loader, opt: dict, current_iter: int, tb_logger=None, save_i
         metric_set = MetricSet(metrics_opt, 'val.metrics', getattr(model, 'device', None))
         for i, data in enumerate(loader):
             sr_dev = model.infer(data['lq'], tile_size=val_opt.get('tile_size', 0),
-                                 tile_pad=val_opt.get('tile_pad', 10)).clamp_(0, 1)
+                                 tile_pad=val_opt.get('tile_pad')).clamp_(0, 1)
             sr = sr_dev.cpu()
             sr_img = tensor2img(sr)
             img_name = os.path.splitext(os.path.basename(data['lq_path'][0]))[0]

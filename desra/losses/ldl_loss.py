@@ -1,10 +1,17 @@
 """LDL artifact map and loss (Liang, Zeng & Zhang, "Details or Artifacts: A Locally Discriminative
 Learning Approach to Realistic Image Super-Resolution", CVPR 2022, Sec. 3, Eq. 2-7).
 
-The local variance is computed with separable window sums of R and R^2 (2(k-1) additions per pixel
-and a few B x 1 x H x W buffers) instead of materialising every k x k window with ``unfold`` as the
-released code does (k^2 = 49 values per pixel). Gradients flow through the map by default, as in
-the released code, via a hand-written backward that also avoids per-window buffers.
+The local variance comes from window sums S1, S2 of R and R^2 instead of materialising every k x k
+window with ``unfold`` as the released code does (k^2 = 49 values per pixel). Both sums are taken at
+once, on a two-channel [R, R^2] tensor, by two reductions over strided views (the k rows, then the k
+columns of each window; :func:`_box_sum`): 2(k - 1) additions per pixel, no copy of the windows. The
+whole map is 18 kernels, each over the whole batch; its peak is about seven B x 1 x H x W buffers beyond
+the inputs (the released code: over 50). Gradients flow through the map by default, as in the released
+code, via a hand-written backward of 13 such kernels (plus eight on the r-wide border strips), its
+window sums done the same way. Between forward and backward it keeps the map, the mask, the padded
+two-channel [R, R^2] and the window sums [S1, S2] (about six buffers); the backward adds at most about
+six and a half more (the B x C x H x W gradient included).
+Every kernel is deterministic, on CPU and CUDA.
 """
 from __future__ import annotations
 
@@ -22,74 +29,43 @@ __all__ = ['ldl_artifact_map', 'LDLArtifactLoss']
 # ------------------------------------------------------------------------------------ helpers
 
 def _abs_residual(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``sum_c |a_c - b_c|`` as B x 1 x H x W, one channel at a time to keep a single temporary."""
-    bsz, c, h, w = a.shape
-    exact = a.dtype == b.dtype == dtype
-
-    def diff(i, buf):
-        if exact:
-            return torch.sub(a[:, i:i + 1], b[:, i:i + 1], out=buf)
-        # Subtract in ``dtype``: torch.sub on two half tensors would round the difference to half.
-        return buf.copy_(a[:, i:i + 1]).sub_(b[:, i:i + 1])
-
-    out = diff(0, torch.empty((bsz, 1, h, w), dtype=dtype, device=a.device)).abs_()
-    if c > 1:
-        tmp = torch.empty_like(out)
-        for i in range(1, c):
-            out += diff(i, tmp).abs_()
-    return out
+    """``sum_c |a_c - b_c|`` as B x 1 x H x W in ``dtype``: three kernels, one B x C x H x W temporary."""
+    # The subtraction runs in the promoted dtype: converting ``a`` is enough for half inputs, whose
+    # difference torch.sub would otherwise round to half.
+    return torch.sub(a if a.dtype == dtype else a.to(dtype), b).abs_().sum(1, keepdim=True)
 
 
-def _vsum(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Sums over k consecutive rows ('valid'): ... x H x W -> ... x (H - k + 1) x W."""
-    h = x.shape[-2] - k + 1
-    out = x[..., :h, :].clone()
-    for i in range(1, k):
-        out += x[..., i:i + h, :]
-    return out
+def _box_sum(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Sums over every k x k window ('valid'): ... x H x W -> ... x (H - k + 1) x (W - k + 1).
 
-
-def _hsum(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Sums over k consecutive columns ('valid'): ... x H x W -> ... x H x (W - k + 1)."""
-    w = x.shape[-1] - k + 1
-    out = x[..., :w].clone()
-    for j in range(1, k):
-        out += x[..., j:j + w]
-    return out
-
-
-def _window_sum_adjoint(g: torch.Tensor, k: int) -> torch.Tensor:
-    """Adjoint of ``_hsum(_vsum(., k), k)``: ... x H x W -> ... x (H + k - 1) x (W + k - 1).
-
-    Entry q receives the sum of g over every output window that contains q (a 'full' k x k box sum).
+    Two reductions, over the rows then the columns of each window, each over a strided view
+    (``Tensor.unfold``) that copies nothing: one kernel per direction, whatever k, with the one
+    intermediate ... x (H - k + 1) x W. Each sum adds the k values themselves (accumulating in at least
+    the input's precision), so it is as exact as k additions, with no running sum (cumsum) whose
+    round-off would grow with the image size; the reductions are deterministic on every device.
     """
-    *lead, h, w = g.shape
-    tmp = g.new_zeros(*lead, h, w + k - 1)
-    for j in range(k):
-        tmp[..., j:j + w] += g
-    out = g.new_zeros(*lead, h + k - 1, w + k - 1)
-    for i in range(k):
-        out[..., i:i + h, :] += tmp
-    return out
+    return x.unfold(-2, k, 1).sum(-1).unfold(-1, k, 1).sum(-1)
 
 
-def _reflect_pad_adjoint(g: torch.Tensor, r: int) -> torch.Tensor:
-    """Adjoint of ``F.pad(x, (r, r, r, r), mode='reflect')``: folds the border back onto the image.
+def _reflect_fold_(g: torch.Tensor, r: int) -> torch.Tensor:
+    """Adjoint of ``F.pad(x, (r, r, r, r), mode='reflect')``, in place: adds the r-wide border of ``g``
+    onto the pixels it mirrors and returns the interior (a view of ``g``), the gradient of x.
 
-    Written with slices rather than ``reflection_pad2d_backward``, whose CUDA kernel has no
-    deterministic implementation.
+    Eight kernels on the border strips alone (B x r x W elements each; small enough to run on one
+    thread, with no parallel region), deterministic on any device. Rows first, over the full padded
+    width, then columns: the fold is separable, so the corners reach the right pixels.
     """
     if r == 0:
-        return g.clone()
+        return g
     h, w = g.shape[-2] - 2 * r, g.shape[-1] - 2 * r
-    rows = g[..., r:r + h, :].clone()
-    # padded row r - t mirrors image row t, padded row r + h - 1 + t mirrors image row h - 1 - t (t = 1..r)
-    rows[..., 1:r + 1, :] += g[..., :r, :].flip(-2)
-    rows[..., h - 1 - r:h - 1, :] += g[..., r + h:, :].flip(-2)
-    out = rows[..., r:r + w].clone()
-    out[..., 1:r + 1] += rows[..., :r].flip(-1)
-    out[..., w - 1 - r:w - 1] += rows[..., r + w:].flip(-1)
-    return out
+    # padded row r - t mirrors image row t (padded row r + t), padded row r + h - 1 + t mirrors image row
+    # h - 1 - t (t = 1..r); h > r keeps every source strip out of every destination strip.
+    g[..., r + 1:2 * r + 1, :].add_(g[..., :r, :].flip(-2))
+    g[..., h - 1:r + h - 1, :].add_(g[..., r + h:, :].flip(-2))
+    rows = g[..., r:r + h, :]
+    rows[..., r + 1:2 * r + 1].add_(rows[..., :r].flip(-1))
+    rows[..., w - 1:r + w - 1].add_(rows[..., r + w:].flip(-1))
+    return rows[..., r:r + w]
 
 
 def _compute_dtype(*ts: torch.Tensor) -> torch.dtype:
@@ -101,84 +77,103 @@ def _compute_dtype(*ts: torch.Tensor) -> torch.dtype:
 
 
 def _map_forward(img_gt, img_sr, img_ema, k):
-    """The artifact map without autograd; also returns what the backward needs."""
+    """The artifact map without autograd; also returns what the backward needs.
+
+    18 kernels, each over a whole B x 1 x H x W (or B x C x H x W, B x 2 x H x W) tensor.
+    """
     r, n = k // 2, k * k
     dt = _compute_dtype(img_gt, img_sr, img_ema)
     res = _abs_residual(img_gt, img_sr, dt)                                   # R_SR, Eq. 2
-    mask = res < _abs_residual(img_gt, img_ema, dt)                           # R_SR < R_EMA, Eq. 6
-    var_img = torch.var(res, dim=(1, 2, 3), correction=1)
-    sigma = var_img.pow(0.2)                                                  # Eq. 4
-    # Variance is shift-invariant; centring R first shrinks the cancellation in S2 - S1^2 / n.
-    res -= res.mean(dim=(1, 2, 3), keepdim=True)
+    # Eq. 6 keeps W where R_SR >= R_EMA: keep is that mask as 0 / 1 in dt, applied by multiplying (on CPU
+    # masked_fill_, or a multiply by a bool tensor, which converts it first, is several times slower)
+    keep = torch.ge(res, _abs_residual(img_gt, img_ema, dt), out=torch.empty_like(res))
+    mean = res.mean(dim=(1, 2, 3), keepdim=True)
     pad = F.pad(res, (r, r, r, r), mode='reflect')
+    h, w = res.shape[-2:]
     del res
-    s1 = _hsum(_vsum(pad, k), k)
-    pad.square_()
-    v = _vsum(pad, k)
-    del pad  # freed before S2 is built: the peak holds at most three image-sized buffers
-    s2 = _hsum(v, k)
-    del v
-    # Eq. 3 as (S2 - S1^2 / n) / (n - 1). The exact value (like torch.var in the released code) is
-    # never negative, so a negative result is round-off of a flat window and is set to its true 0.
-    local_var = s2.sub_(s1.square_().div_(n)).div_(n - 1).clamp_min_(0)
-    weight = local_var.mul_(sigma.view(-1, 1, 1, 1)).masked_fill_(mask, 0)  # Eq. 5-6
-    return weight, mask, var_img, sigma
+    # x = [P, P^2] as two channels, so that S1 and S2 come from the same two reductions, with P the
+    # padded R centred by its image mean: the variance is shift-invariant, and centring shrinks the
+    # cancellation in S2 - S1^2 / n.
+    x = torch.empty((pad.shape[0], 2, *pad.shape[2:]), dtype=dt, device=pad.device)
+    p = torch.sub(pad, mean, out=x[:, :1])
+    del pad
+    torch.square(p, out=x[:, 1:])
+    # Eq. 4: the unbiased variance of R is the sum of the squares of the centred R (the interior of P^2)
+    var_img = x[:, 1:, r:r + h, r:r + w].sum(dim=(1, 2, 3), keepdim=True).div_(h * w - 1)
+    sigma = var_img.pow(0.2)
+    s = _box_sum(x, k)                                                        # B x 2 x H x W
+    s1, m = s[:, :1], s[:, 1:]
+    # Eq. 3 as (S2 - S1^2 / n) / (n - 1), built in place of S2. The exact value (like torch.var in the
+    # released code) is never negative, so a negative result is round-off of a flat window and is set to
+    # its true 0. The final multiply writes a new (contiguous) tensor; S1 stays for the backward.
+    m.addcmul_(s1, s1, value=-1.0 / n).clamp_min_(0).mul_(keep)
+    weight = torch.mul(m, sigma / (n - 1))                                    # Eq. 5-6
+    return weight, keep, var_img, sigma, p, s1
 
 
 class _LDLArtifactMap(torch.autograd.Function):
     """Artifact map with an analytic backward (no per-window buffers either way).
 
-    With A = dL/dM (zero where masked), P the reflect-padded centred residual and S1 its window sums:
-    dL/dP_q = 2 / (n - 1) * sum_{windows p containing q} A_p (P_q - S1_p / n), folded back through the
+    With A = dL/dM (zero where masked), P the reflect-padded centred residual and mu = S1 / n its window
+    means: dL/dP_q = 2 / (n - 1) * sum_{windows p containing q} A_p (P_q - mu_p), folded back through the
     reflect padding; plus the sigma path dL/dR_i = dL/dvar * 2 (R_i - mean R) / (N - 1) with
     dL/dvar = 0.2 * sum(dL/dW * W) / var (0 where var = 0, where the released code gives NaN).
     R_SR = sum_c |gt_c - sr_c| then gives dL/dsr_c = -sign(gt_c - sr_c) dL/dR (0 where equal, like
     autograd's abs). The EMA image only enters through the mask and gets no gradient.
+
+    The sums over windows containing q are one 'full' box sum of the two channels [A, A mu] (scaled,
+    zero-padded by k - 1, then the same two reductions as the forward): 13 kernels over whole tensors
+    in all, plus the fold of the padding (eight small ones).
     """
 
     @staticmethod
     def forward(ctx, img_sr, img_gt, img_ema, k):
-        weight, mask, var_img, sigma = _map_forward(img_gt, img_sr, img_ema, k)
+        weight, keep, var_img, sigma, p, s1 = _map_forward(img_gt, img_sr, img_ema, k)
         ctx.k = k
-        ctx.save_for_backward(img_sr, img_gt, weight, mask, var_img, sigma)
+        # p and s1 are views of the two-channel [P, P^2] and [S1, S2] buffers: both are held until the backward
+        ctx.save_for_backward(img_sr, img_gt, weight, keep, var_img, sigma, p, s1)
         return weight
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_w):
-        img_sr, img_gt, weight, mask, var_img, sigma = ctx.saved_tensors
+        img_sr, img_gt, weight, keep, var_img, sigma, p, s1 = ctx.saved_tensors
         need_sr, need_gt = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_sr or need_gt):
             return None, None, None, None
         k = ctx.k
         r, n = k // 2, k * k
-        bsz = weight.shape[0]
-        npix = weight[0].numel()
-        g = grad_w.to(weight.dtype).masked_fill(mask, 0)
+        bsz, _, h, w = weight.shape
 
-        # Sigma path. sum(g * M) = sum(g * W) / sigma because W = sigma * M wherever g is not masked.
-        gw = torch.bmm(g.reshape(bsz, 1, -1), weight.reshape(bsz, -1, 1)).reshape(bsz)
+        # Sigma path. sum(g * M) = sum(g * W) / sigma, g = dL/dW: W = sigma * M where not masked, 0 where
+        # masked. (A reduction rather than bmm: with deterministic algorithms on, CUDA bmm raises unless
+        # CUBLAS_WORKSPACE_CONFIG is set.)
+        gw = torch.mul(grad_w, weight).sum(dim=(1, 2, 3), keepdim=True)
         dvar = torch.where(var_img > 0, 0.2 * gw / var_img.clamp_min(torch.finfo(var_img.dtype).tiny),
                            torch.zeros_like(gw))
 
-        res = _abs_residual(img_gt, img_sr, weight.dtype)
-        res -= res.mean(dim=(1, 2, 3), keepdim=True)
-        a = g.mul_(sigma.view(-1, 1, 1, 1))  # dL/dM
-        pad = F.pad(res, (r, r, r, r), mode='reflect')
-        s1 = _hsum(_vsum(pad, k), k)
-        t = s1.mul_(a).div_(n)  # A_p S1_p / n
-        pad.mul_(_window_sum_adjoint(a, k))
-        del a, g
-        pad.sub_(_window_sum_adjoint(t, k)).mul_(2.0 / (n - 1))
-        del t, s1
-        grad_res = _reflect_pad_adjoint(pad, r)
-        del pad
-        grad_res.addcmul_(res, (dvar * (2.0 / (npix - 1))).view(-1, 1, 1, 1))
-        del res
+        # With a = -2 / (n - 1) * A, A = sigma g = dL/dM (g zeroed where masked, by a multiply: the same as
+        # masked_fill for finite gradients), dL/dP = V - P U for the 'full' box sums U = sum_{p containing q}
+        # a_p and V = sum_{p containing q} a_p mu_p, mu = S1 / n. Both come from z = [a / n, a S1 / n],
+        # zero-padded by k - 1: its box sums are U / n and V.
+        z = weight.new_zeros(bsz, 2, h + 2 * (k - 1), w + 2 * (k - 1))
+        za = z[:, :1, k - 1:k - 1 + h, k - 1:k - 1 + w]
+        torch.mul(grad_w, keep, out=za).mul_(sigma * (-2.0 / ((n - 1) * n)))
+        torch.mul(za, s1, out=z[:, 1:, k - 1:k - 1 + h, k - 1:k - 1 + w])
+        uv = _box_sum(z, k)                                                   # B x 2 x (H + 2r) x (W + 2r)
+        del z, za
+        grad_res = _reflect_fold_(torch.addcmul(uv[:, 1:], p, uv[:, :1], value=-n), r)
+        del uv
+        # the centred residual R - mean R is the interior of P
+        grad_res.addcmul_(p[..., r:r + h, r:r + w], dvar * (2.0 / (h * w - 1)))
 
-        sgn = torch.sub(img_gt, img_sr).sign_().mul_(grad_res)  # dL/dgt; dL/dsr is its negation
-        grad_gt = sgn.to(img_gt.dtype) if need_gt else None  # may be ``sgn`` itself: no in-place below
-        grad_sr = (sgn.neg_() if not need_gt else -sgn).to(img_sr.dtype) if need_sr else None
+        # dL/dsr = sign(sr - gt) dL/dR and dL/dgt = -dL/dsr
+        if need_sr:
+            grad_sr = torch.sub(img_sr, img_gt).sign_().mul_(grad_res)
+            grad_gt = (-grad_sr).to(img_gt.dtype) if need_gt else None
+            grad_sr = grad_sr.to(img_sr.dtype)
+        else:
+            grad_sr, grad_gt = None, torch.sub(img_gt, img_sr).sign_().mul_(grad_res).to(img_gt.dtype)
         return grad_sr, grad_gt, None, None
 
 
@@ -194,12 +189,13 @@ def ldl_artifact_map(img_gt: torch.Tensor, img_sr: torch.Tensor, img_ema: torch.
     - W = sigma * M (Eq. 5), and W = 0 where R_SR < R_EMA (Eq. 6: only pixels where the live model is
       no better than its EMA are penalised); the loss is ||W * I_HR - W * I_SR||_1 (Eq. 7).
 
-    M is computed as (S2 - S1^2 / n) / (n - 1), n = k^2, from window sums S1, S2 of R and R^2, with
-    separable running sums; R is centred by its image mean first (the variance does not change) to
-    limit cancellation. The released code materialises every window with ``unfold`` (k^2 values per
-    pixel) and takes ``torch.var``; the two agree to floating-point round-off. Unlike ``torch.var``
-    the sum formula can return tiny negative numbers on flat windows; these are set to 0, the exact
-    value (a variance is never negative, so no value the released code can produce is changed).
+    M is computed as (S2 - S1^2 / n) / (n - 1), n = k^2, from the window sums S1, S2 of R and R^2
+    (separable: two strided reductions give both); R is centred by its image mean first (the variance
+    does not change) to limit cancellation. The released code materialises every window with
+    ``unfold`` (k^2 values per pixel) and takes ``torch.var``; the two agree to floating-point
+    round-off. Unlike ``torch.var`` the sum formula can return tiny negative numbers on flat windows;
+    these are set to 0, the exact value (a variance is never negative, so no value the released code
+    can produce is changed).
 
     Args:
         img_gt, img_sr, img_ema: B x C x H x W images in [0, 1] (HR ground truth, output of the

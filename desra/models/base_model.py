@@ -37,8 +37,11 @@ def build_loss(loss_opt: dict, key_path: str) -> nn.Module:
     return LOSS_REGISTRY.build(dict(loss_opt), key_path)
 
 
-def build_optimizer(params, optim_opt: dict, key_path: str) -> torch.optim.Optimizer:
+def build_optimizer(params, optim_opt: dict, key_path: str, speed: dict | None = None) -> torch.optim.Optimizer:
+    """The ``optim_*`` block's optimiser; with ``speed`` (:func:`desra.engine.speed.resolve_speed_options`) its
+    fused / foreach implementation where the block does not choose one."""
     optim_opt = dict(optim_opt)
+    params = list(params)
     name = optim_opt.pop('type')
     if name not in _OPTIMIZERS:
         import difflib
@@ -55,8 +58,11 @@ def build_optimizer(params, optim_opt: dict, key_path: str) -> torch.optim.Optim
     for key in optim_opt:
         if key not in accepted:
             raise unknown_key_error(key_path, key, accepted)
+    from desra.engine.speed import optimizer_speed_kwargs
+
+    extra = optimizer_speed_kwargs(name, optim_opt, speed, params)
     try:
-        return _OPTIMIZERS[name](params, **optim_opt)
+        return _OPTIMIZERS[name](params, **optim_opt, **extra)
     except TypeError as e:
         raise ConfigError(f"{key_path}: bad options for {name}: {e}") from None
 
@@ -118,8 +124,21 @@ class BaseModel:
         self.schedules: list[LRSchedule] = []
         self.scalers: list[torch.amp.GradScaler] = []
         self.log_dict: OrderedDict = OrderedDict()
+        self.speed = None
+        if self.is_train:
+            from desra.engine.speed import resolve_speed_options
 
-        self.net_g = build_network(opt['network_g'], 'network_g').to(device)
+            self.speed = resolve_speed_options(train_opt, device, bool(opt.get('deterministic', False)))
+            if self.speed['compile']:
+                from desra.engine.speed import compile_unavailable_reason
+
+                reason = compile_unavailable_reason(self.speed['compile'], device)
+                if reason is not None:
+                    logger.warning('train.compile: torch.compile is unavailable here (%s); training without it',
+                                   reason)
+                    self.speed['compile'] = None
+
+        self.net_g = self._prepare_network(build_network(opt['network_g'], 'network_g').to(device))
         if 'scale' in opt:
             check_network_scale(self.net_g, opt['scale'], 'network_g')
         path = opt.get('path') or {}
@@ -166,6 +185,30 @@ class BaseModel:
         self.current_iter = 0
 
     # ------------------------------------------------------------------------------------ training set-up
+    def _prepare_network(self, net: nn.Module) -> nn.Module:
+        """A trained network in the memory format ``train.channels_last`` asks for (before the EMA copy)."""
+        if self.speed is not None and self.speed['channels_last']:
+            from desra.engine.speed import to_channels_last
+
+            to_channels_last(net)
+        return net
+
+    def compile_networks(self) -> None:
+        """``torch.compile`` the trained networks and the EMA in place when ``train.compile`` says so (where
+        compiling cannot work here, ``__init__`` has said why with one warning and turned it off)."""
+        spec = (self.speed or {}).get('compile')
+        if not spec:
+            return
+        from desra.engine.speed import compile_network
+
+        nets = [unwrap(getattr(self, n)) for n in self._trained_network_names()]
+        if self.ema is not None:
+            nets.append(self.ema.module)
+        for net in nets:
+            compile_network(net, spec)
+        logger.info('torch.compile: %s (mode %s, backend %s); the first iterations compile', ', '.join(
+            type(n).__name__ for n in nets), spec['mode'], spec['backend'])
+
     def wrap_distributed(self) -> None:
         """Wrap the trained networks in DDP when a process group is active."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -215,6 +258,10 @@ class BaseModel:
         else:
             self.lq = data['lq'].to(self.device, non_blocking=True)
             self.gt = data['gt'].to(self.device, non_blocking=True) if 'gt' in data else None
+        if self.speed is not None and self.speed['channels_last']:
+            from desra.engine.speed import batch_to_channels_last
+
+            self.lq, self.gt = batch_to_channels_last(self.lq), batch_to_channels_last(self.gt)
         self._set_targets()
 
     @torch.no_grad()
@@ -247,7 +294,7 @@ class BaseModel:
         return self.ema.module if self.ema is not None else unwrap(self.net_g)
 
     @torch.no_grad()
-    def infer(self, lq: torch.Tensor, tile_size: int = 0, tile_pad: int = 10) -> torch.Tensor:
+    def infer(self, lq: torch.Tensor, tile_size: int | str = 0, tile_pad: int | None = None) -> torch.Tensor:
         from desra.inference import tiled_forward
 
         net = self.inference_network()
@@ -302,4 +349,6 @@ class BaseModel:
 
 
 def _cpu_state(net: nn.Module) -> OrderedDict:
-    return OrderedDict((k, v.detach().cpu().clone()) for k, v in net.state_dict().items())
+    # contiguous: a channels-last run saves the same bytes as any other (BasicSR / torch.load readers, hashes)
+    return OrderedDict((k, v.detach().cpu().clone(memory_format=torch.contiguous_format))
+                       for k, v in net.state_dict().items())

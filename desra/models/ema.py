@@ -27,8 +27,12 @@ class ModelEMA:
     def update(self, model: nn.Module, decay: float | None = None) -> None:
         d = self.decay if decay is None else decay
         ema_params = dict(self.module.named_parameters())
-        for name, p in model.named_parameters():
-            ema_params[name].mul_(d).add_(p.detach(), alpha=1 - d)
+        live = [(ema_params[name], p.detach()) for name, p in model.named_parameters()]
+        if live:
+            # two multi-tensor kernels instead of two per parameter; the same arithmetic as mul_(d).add_(p, 1 - d)
+            ema, src = [e for e, _ in live], [p for _, p in live]
+            torch._foreach_mul_(ema, d)
+            torch._foreach_add_(ema, src, alpha=1 - d)
         ema_buffers = dict(self.module.named_buffers())
         for name, b in model.named_buffers():
             ema_buffers[name].copy_(b)

@@ -42,7 +42,7 @@ class GANModel(BaseModel):
         if 'network_d' not in opt:
             raise ConfigError(f"network_d: missing required key for model_type {opt.get('model_type')} "
                               "(e.g. type: UNetDiscriminatorSN)")
-        self.net_d = build_network(opt['network_d'], 'network_d').to(device)
+        self.net_d = self._prepare_network(build_network(opt['network_d'], 'network_d').to(device))
         path = opt.get('path') or {}
         if path.get('pretrain_network_d'):
             load_pretrained(self.net_d, path['pretrain_network_d'], path.get('param_key_d', 'params'),
@@ -82,10 +82,11 @@ class GANModel(BaseModel):
         self.net_d_init_iters = train_opt.get('net_d_init_iters', 0)
 
         self.optimizer_g = build_optimizer([p for p in self.net_g.parameters() if p.requires_grad],
-                                           train_opt['optim_g'], 'train.optim_g')
+                                           train_opt['optim_g'], 'train.optim_g', self.speed)
         if 'optim_d' not in train_opt:
             raise ConfigError(f"train.optim_d: missing required key for model_type {self.opt.get('model_type')}")
-        self.optimizer_d = build_optimizer(self.net_d.parameters(), train_opt['optim_d'], 'train.optim_d')
+        self.optimizer_d = build_optimizer(self.net_d.parameters(), train_opt['optim_d'], 'train.optim_d',
+                                           self.speed)
         self.optimizers = [self.optimizer_g, self.optimizer_d]
         self.scaler_g = self._make_scaler()
         self.scaler_d = self._make_scaler()

@@ -54,7 +54,7 @@ class LocalizerModel(BaseModel):
         seg_opt = train_opt.get('seg_opt') or {'type': 'BCEDiceLoss'}
         self.cri_seg = build_loss(seg_opt, 'train.seg_opt').to(self.device)
         params = [p for p in self.net_g.parameters() if p.requires_grad]
-        self.optimizer_g = build_optimizer(params, train_opt['optim_g'], 'train.optim_g')
+        self.optimizer_g = build_optimizer(params, train_opt['optim_g'], 'train.optim_g', self.speed)
         self.optimizers = [self.optimizer_g]
         self.scaler_g = self._make_scaler()
         self._setup_schedules()

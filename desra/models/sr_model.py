@@ -31,7 +31,7 @@ class SRModel(BaseModel):
         if self.cri_pix is None and self.cri_perceptual is None:
             raise ConfigError('train: SRModel needs train.pixel_opt or train.perceptual_opt')
         params = [p for p in self.net_g.parameters() if p.requires_grad]
-        self.optimizer_g = build_optimizer(params, train_opt['optim_g'], 'train.optim_g')
+        self.optimizer_g = build_optimizer(params, train_opt['optim_g'], 'train.optim_g', self.speed)
         self.optimizers = [self.optimizer_g]
         self.scaler_g = self._make_scaler()
         self._setup_schedules()

@@ -32,6 +32,7 @@ from desra.config import (NONE, NUMBER, RUNTIME_KEYS, Spec, _typed, apply_force_
                           build_arg_parser, check_schema, finalize_options, load_yaml_file, nonneg_int,
                           nonneg_number, num_gpu, positive_int, report_warnings, run_name, validate_options)
 from desra.errors import ConfigError
+from desra.tile_options import tile_size_option
 from desra.utils.fingerprint import settings_hash, weights_identity
 
 logger = logging.getLogger('desra')
@@ -58,7 +59,7 @@ LOOP_SCHEMA = Spec(dict, True, {
     'mse_model': _MODEL,
     'gan_model': _MODEL,
     'gan_model_d': Spec(dict, False, {'path': Spec(str, True), 'param_key': Spec(str)}),
-    'tile_size': Spec(int, check=nonneg_int), 'tile_pad': Spec(int, check=nonneg_int),
+    'tile_size': Spec((int, str), check=tile_size_option), 'tile_pad': Spec(int, check=nonneg_int),
     'batch_size': Spec(int, check=positive_int),
     'segmenter': Spec((dict, NONE), False, {'type': Spec(str, True)}, closed=False),
     'class_weights': Spec((str, list, NONE)),
@@ -116,7 +117,7 @@ def report_root(opt: dict) -> str:
 def _detect_opt(opt: dict, lr_dir: str, out_root: str, gan_model: dict) -> dict:
     det = {'name': os.path.basename(out_root), 'scale': opt['scale'], 'num_gpu': opt.get('num_gpu', 'auto'),
            'input': {'lr': lr_dir}, 'mse_model': opt['mse_model'], 'gan_model': gan_model,
-           'tile_size': opt.get('tile_size', 0), 'tile_pad': opt.get('tile_pad', 10),
+           'tile_size': opt.get('tile_size', 0), 'tile_pad': opt.get('tile_pad'),
            'batch_size': opt.get('batch_size', 1), 'segmenter': opt.get('segmenter'),
            'class_weights': opt.get('class_weights'), 'detector': copy.deepcopy(opt['detector']),
            'output': {'root': out_root, 'save_sr': True, 'save_maps': False, 'save_overlays': True, 'html': True}}

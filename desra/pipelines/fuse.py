@@ -82,13 +82,14 @@ from desra.config import (NONE, NUMBER, Spec, _typed, apply_force_yml, apply_ima
 from desra.data.io import imwrite_atomic
 from desra.errors import ConfigError, DataError
 from desra.fusion import DEFAULT_FEATHER, DEFAULT_TIE_TOL, FUSION_RULES
+from desra.tile_options import DEFAULT_TILE_PAD, tile_size_option
 from desra.utils.fingerprint import changed_keys, file_identity, settings_hash, weights_identity
 from desra.utils.images import check_pixel_limit, display_name, image_header
 
 logger = logging.getLogger('desra')
 
 #: Bumped when the outputs change for the same settings, so old records are recomputed.
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: seamless tiles (blended windows, tile_pad 40 by default)
 #: Model names that would collide with the output layout.
 RESERVED_NAMES = ('fused',)
 MAP_TYPES = ('localizer', 'desra')
@@ -109,7 +110,7 @@ _NAME = Spec(str, True, check=run_name)
 FOLDER_MODEL = Spec(dict, False, {'name': _NAME, 'folder': Spec(str, True), 'suffix': Spec((str, NONE))})
 GENERATOR_MODEL = Spec(dict, False, {
     'name': _NAME, 'network': _typed(True), 'checkpoint': Spec(str, True), 'param_key': Spec((str, NONE)),
-    'strict': Spec(bool), 'scale': Spec(int, check=positive_int), 'tile': Spec(int, check=nonneg_int),
+    'strict': Spec(bool), 'scale': Spec(int, check=positive_int), 'tile': Spec((int, str), check=tile_size_option),
     'tile_pad': Spec(int, check=nonneg_int)})
 LOCALIZER_MAP = Spec(dict, True, {
     'type': Spec(str, True), 'network': _typed(True), 'checkpoint': Spec(str, True), 'param_key': Spec((str, NONE)),
@@ -513,8 +514,8 @@ def run_generator(net, img: np.ndarray, model: dict, scale: int, device) -> np.n
     from desra.inference import tiled_forward
 
     lq = torch.from_numpy(np.ascontiguousarray(img[..., ::-1], dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    sr = tiled_forward(net, lq.to(device), scale, tile_size=model.get('tile', 0), tile_pad=model.get('tile_pad', 10),
-                       mod_pad=getattr(net, 'mod_pad', 1))
+    sr = tiled_forward(net, lq.to(device), scale, tile_size=model.get('tile', 0),
+                       tile_pad=model.get('tile_pad', DEFAULT_TILE_PAD), mod_pad=getattr(net, 'mod_pad', 1))
     out = (sr.float().clamp(0, 1) * 255).round()[0].permute(1, 2, 0).cpu().numpy()[..., ::-1]
     return np.ascontiguousarray(out).astype(np.uint8)
 
@@ -635,7 +636,7 @@ def fuse_settings(opt: dict, lpips: dict) -> dict:
         if is_generator(m):
             models.append({'name': m['name'], 'network': m['network'], 'param_key': m.get('param_key') or 'params_ema',
                            'strict': m.get('strict', True), 'weights': weights_identity(m['checkpoint']),
-                           'tile': m.get('tile', 0), 'tile_pad': m.get('tile_pad', 10)})
+                           'tile': m.get('tile', 0), 'tile_pad': m.get('tile_pad', DEFAULT_TILE_PAD)})
         else:
             models.append({'name': m['name'], 'folder': os.path.abspath(m['folder'])})
     amap = {k: v for k, v in opt['artifact_map'].items() if k not in ('checkpoint', 'mse_folder')}

@@ -140,7 +140,8 @@ class LDLTableOptions:
         weights: ``{'alexnet': path, 'vgg16': ..., 'lpips_heads': ..., 'dists': ..., 'fid_inception': ...}``
             (default: searched in ``pretrained/`` etc., see :mod:`desra.weights.locate`).
         out_dir: where SR images, FID statistics and the report go.
-        tile_size, tile_pad: tiled inference (LR pixels per tile; 0 = whole image).
+        tile_size, tile_pad: tiled inference (LR pixels per tile; 0 = whole image, 'auto' = whole image when it
+            fits in memory); ``tile_pad=None`` is :data:`desra.inference.DEFAULT_TILE_PAD`.
         device: 'auto' (CUDA when available) or 'cpu'.
     """
     benchmarks_root: str
@@ -158,8 +159,8 @@ class LDLTableOptions:
     fid_method: str = 'sqrtm'
     weights: dict = dataclasses.field(default_factory=dict)
     out_dir: str = 'results/ldl_table1'
-    tile_size: int = 0
-    tile_pad: int = 10
+    tile_size: int | str = 0
+    tile_pad: int | None = None
     device: str = 'auto'
 
     def check(self) -> None:
