@@ -36,24 +36,13 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from desra.models import build_model  # noqa: E402
+from ldl_map import ref_unfold as released_artifact_map  # noqa: E402  (LDL's released unfold map)
 from desra.models.base_model import build_loss, build_network  # noqa: E402
 
 LAYERS = {'conv1_2': 0.1, 'conv2_2': 0.1, 'conv3_4': 1, 'conv4_4': 1, 'conv5_4': 1}
-
-
-def released_artifact_map(gt, sr, ema, k=7):
-    """LDL's released map: ``unfold`` windows, unbiased variance, sigma = var ** (1/5), zero where R_SR < R_EMA."""
-    b, _, h, w = gt.shape
-    r_sr = torch.sum(torch.abs(gt - sr), 1, keepdim=True)
-    r_ema = torch.sum(torch.abs(gt - ema), 1, keepdim=True)
-    pad = F.pad(r_sr, [k // 2] * 4, mode='reflect')
-    local = torch.var(F.unfold(pad, k), dim=1, unbiased=True).view(b, 1, h, w)
-    sigma = torch.var(r_sr, dim=(1, 2, 3), unbiased=True, keepdim=True) ** (1 / 5)
-    weight = sigma * local
-    weight[r_sr < r_ema] = 0
-    return weight
 
 
 def options(args, variant: str) -> dict:

@@ -271,6 +271,32 @@ def make_artifact_photos(root, n=8, size=96, seed=0, folder_img='images', folder
     return images, masks
 
 
+def tiny_gan_ldl_run(device, steps=2, **train):
+    """``steps`` GAN + LDL steps of ``options/tiny/gan_ldl.yml`` (``train`` keys overridden) on fixed batches, built
+    in process on ``device``: ``(losses per step, model)``."""
+    import copy
+
+    import torch
+
+    from desra.config import load_yaml_file
+    from desra.models import build_model
+
+    opt = load_yaml_file(TINY_GAN_LDL)
+    opt['is_train'] = True
+    opt['train'].update(train)
+    torch.manual_seed(0)
+    model = build_model(copy.deepcopy(opt), torch.device(device))
+    model.compile_networks()
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    for it in range(1, steps + 1):
+        gt = torch.rand(2, 3, 32, 32, generator=g)
+        model.current_iter = it
+        model.feed_data({'lq': torch.nn.functional.avg_pool2d(gt, 4), 'gt': gt})
+        losses.append({k: float(v) for k, v in model.optimize_parameters(it).items()})
+    return losses, model
+
+
 def pytest_configure(config):
     config.addinivalue_line('markers', 'cuda: needs a CUDA device (skipped without one; scripts/gpu_check.sh runs '
                                        'them with -m cuda)')

@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from desra.config import load_yaml_file
-from desra.models import build_model
+from conftest import tiny_gan_ldl_run
 
 pytestmark = pytest.mark.cuda
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,20 +44,7 @@ def test_ldl_map_forward_and_gradient_on_cuda_match_float64_reference():
 
 
 def _tiny_losses(device, steps=2, **train):
-    opt = load_yaml_file(os.path.join(REPO, 'options', 'tiny', 'gan_ldl.yml'))
-    opt['is_train'] = True
-    opt['train'].update(train)
-    torch.manual_seed(0)
-    model = build_model(copy.deepcopy(opt), device)
-    model.compile_networks()
-    g = torch.Generator().manual_seed(1)
-    out = []
-    for it in range(1, steps + 1):
-        gt = torch.rand(2, 3, 32, 32, generator=g)
-        model.current_iter = it
-        model.feed_data({'lq': F.avg_pool2d(gt, 4), 'gt': gt})
-        out.append({k: float(v) for k, v in model.optimize_parameters(it).items()})
-    return out
+    return tiny_gan_ldl_run(device, steps, **train)[0]
 
 
 def test_gan_ldl_step_on_cuda_matches_cpu_in_fp32():

@@ -51,7 +51,9 @@ def files_under(root):
 
 
 def pixels(root, kind, name):
-    return cv2.imread(os.path.join(root, kind, name + '.png'), cv2.IMREAD_UNCHANGED)
+    """The image ``<root>/<kind>/<name>.*`` (masks are PNG; pictures JPEG by default, PNG on request)."""
+    (path,) = [p for p in (os.path.join(root, kind, name + e) for e in ('.png', '.jpg')) if os.path.isfile(p)]
+    return cv2.imread(path, cv2.IMREAD_UNCHANGED)
 
 
 # ------------------------------------------------------------------------------------------- commit_files
@@ -121,7 +123,7 @@ KILLER = textwrap.dedent('''
 
 
 @needs_proc
-@pytest.mark.parametrize('kill_at', ['rename:records/b.json', 'write:overlays/.b.png.'])
+@pytest.mark.parametrize('kill_at', ['rename:records/b.json', 'write:overlays/.b.jpg.'])
 def test_killed_mid_image_leaves_no_record_and_the_rerun_recomputes_it(tmp_path, kill_at):
     mse, gan = make_pairs(str(tmp_path / 'data'))
     plugin = tmp_path / 'plugin'
@@ -137,10 +139,10 @@ def test_killed_mid_image_leaves_no_record_and_the_rerun_recomputes_it(tmp_path,
     assert records[:1] == ['a.json'] and 'b.json' not in records and 'c.json' not in records
     finals = [f for f in files_under(root) if not os.path.basename(f).startswith('.')]
     if kill_at.startswith('rename'):  # b's files were all durable under their names; only its record is missing
-        assert {'masks/b.png', 'vis/D/b.png', 'overlays/b.png'} <= set(finals)
+        assert {'masks/b.png', 'vis/D/b.jpg', 'overlays/b.jpg'} <= set(finals)
     else:  # killed while writing b's overlay: nothing of b is under a final name, only temporary files
         assert not any(os.path.basename(f).startswith('b.') for f in finals)
-        assert any(f.startswith('overlays/.b.png.') for f in files_under(root))
+        assert any(f.startswith('overlays/.b.jpg.') for f in files_under(root))
     for rec in records:  # every record that exists stands over complete files
         r = json.load(open(root / 'records' / rec))
         for key in ('mask', 'd_map', 'overlay'):
@@ -167,13 +169,13 @@ def test_write_failure_mid_image_is_one_line_and_the_rerun_recomputes(tmp_path, 
     real = atomic._fsync_fd
 
     def disk_full_at_b_overlay(fd):
-        if os.path.join('overlays', '.b.png.') in os.readlink(f'/proc/self/fd/{fd}'):
+        if os.path.join('overlays', '.b.jpg.') in os.readlink(f'/proc/self/fd/{fd}'):
             raise OSError(errno.ENOSPC, 'No space left on device')
         real(fd)
 
     monkeypatch.setattr(atomic, '_fsync_fd', disk_full_at_b_overlay)
     msg = user_error_in_process(cli_main('detect.py'), ['-opt', path], tmp_path, monkeypatch)
-    assert msg.startswith(f'cannot write {root / "overlays" / "b.png"}: no space left on the device (')
+    assert msg.startswith(f'cannot write {root / "overlays" / "b.jpg"}: no space left on the device (')
     assert msg.endswith('earlier files are intact. Free some space and run the command again')
     assert sorted(os.listdir(root / 'records')) == ['a.json']
     assert not any(os.path.basename(f).startswith(('b.', '.b.')) for f in files_under(root))  # nor temporaries
@@ -211,7 +213,8 @@ def test_png_compression_error_from_the_cli_touches_nothing(tmp_path):
 def test_png_compression_changes_bytes_not_pixels_nor_the_fingerprint(tmp_path):
     mse, gan = make_pairs(str(tmp_path / 'data'))
     for level in (0, 9):
-        out = detect(tmp_path, mode_b(mse, gan, tmp_path / f'l{level}', output={'png_compression': level}))
+        out = detect(tmp_path, mode_b(mse, gan, tmp_path / f'l{level}',
+                                      output={'png_compression': level, 'picture_format': 'png'}))
         assert out.returncode == 0, out.stderr
     small, big = tmp_path / 'l9', tmp_path / 'l0'
     for name in 'abc':
@@ -221,7 +224,7 @@ def test_png_compression_changes_bytes_not_pixels_nor_the_fingerprint(tmp_path):
         r9, r0 = (json.load(open(r / 'records' / f'{name}.json')) for r in (small, big))
         assert (r9['png_compression'], r0['png_compression']) == (9, 0)
         assert r9['fingerprint']['settings'] == r0['fingerprint']['settings']
-    again = detect(tmp_path, mode_b(mse, gan, small, output={'png_compression': 0}))
+    again = detect(tmp_path, mode_b(mse, gan, small, output={'png_compression': 0, 'picture_format': 'png'}))
     assert 'All 3 image(s) are up to date' in again.stdout and '0 image(s) processed, 3 skipped' in again.stdout
 
 
@@ -232,9 +235,9 @@ def test_default_outputs_have_no_npy_and_save_maps_adds_them(tmp_path):
     assert re.search(r'Timing: 3 image\(s\) in [\d.]+ s, [\d.]+ ms per image \(waits and work: read [\d.]+, '
                      r'detect [\d.]+, write [\d.]+ ms\)', out.stdout), out.stdout
     names = [f for f in files_under(tmp_path / 'out') if not re.fullmatch(r'detect_det_\d{8}_\d{6}\.log', f)]
-    assert names == ['index.html', 'masks/a.png', 'masks/b.png', 'masks/c.png', 'overlays/a.png', 'overlays/b.png',
-                     'overlays/c.png', 'records/a.json', 'records/b.json', 'records/c.json', 'summary.csv',
-                     'vis/D/a.png', 'vis/D/b.png', 'vis/D/c.png']
+    assert names == ['index.html', 'masks/a.png', 'masks/b.png', 'masks/c.png', 'overlays/a.jpg', 'overlays/b.jpg',
+                     'overlays/c.jpg', 'records/a.json', 'records/b.json', 'records/c.json', 'summary.csv',
+                     'vis/D/a.jpg', 'vis/D/b.jpg', 'vis/D/c.jpg']
     out = detect(tmp_path, mode_b(mse, gan, tmp_path / 'maps', output={'save_maps': True}))
     assert out.returncode == 0, out.stderr
     npy = [f for f in files_under(tmp_path / 'maps') if f.endswith('.npy')]
@@ -298,3 +301,25 @@ def test_e2e_benchmark_skips_without_the_shared_photos(tmp_path, monkeypatch, ca
     bench.main(['--part', 'e2e'])
     assert capsys.readouterr().out == (f'end to end: skipped, the shared photos are not in {tmp_path / "absent"} '
                                        '(MSE-SR/ and GAN-SR/)\n')
+
+
+def test_picture_format_png_replaces_the_jpeg_pictures_and_a_bad_value_is_one_line(tmp_path, monkeypatch):
+    mse, gan = make_pairs(str(tmp_path / 'data'))
+    root = tmp_path / 'out'
+    assert detect(tmp_path, mode_b(mse, gan, root)).returncode == 0
+    jpg_masks = {n: pixels(root, 'masks', n) for n in 'abc'}
+    out = detect(tmp_path, mode_b(mse, gan, root, output={'picture_format': 'png'}))
+    assert out.returncode == 0, out.stderr
+    assert 'Computing 3 of 3 image(s)' in out.stdout and 'outputs.picture_format' in out.stdout
+    names = [f for f in files_under(root) if f.startswith(('vis/', 'overlays/'))]
+    assert names == ['overlays/a.png', 'overlays/b.png', 'overlays/c.png', 'vis/D/a.png', 'vis/D/b.png',
+                     'vis/D/c.png']  # the JPEGs of the first run are gone
+    for n in 'abc':
+        rec = json.load(open(root / 'records' / f'{n}.json'))
+        assert rec['overlay'] == str(root / 'overlays' / f'{n}.png')
+        assert rec['d_map'] == str(root / 'vis/D' / f'{n}.png')
+        assert np.array_equal(pixels(root, 'masks', n), jpg_masks[n])  # masks never depend on it
+    path = write_opt(tmp_path / 'bad.yml', mode_b(mse, gan, tmp_path / 'bad', output={'picture_format': 'gif'}))
+    msg = user_error_in_process(cli_main('detect.py'), ['-opt', path], tmp_path, monkeypatch)
+    assert msg == "output.picture_format: expected 'jpg' or 'png', got 'gif'"
+    assert not (tmp_path / 'bad').exists()

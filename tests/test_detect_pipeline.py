@@ -119,8 +119,9 @@ def test_mode_a_tiny_generators_and_segformer(tmp_path):
         name = os.path.join('sub', str(i))
         mask = cv2.imread(str(root / 'masks' / f'{name}.png'), cv2.IMREAD_UNCHANGED)
         assert mask.shape == (4 * h, 4 * w)
-        for kind in ('MSE-SR', 'GAN-SR', 'overlays', 'labels', 'vis/D'):
-            assert os.path.isfile(root / kind / f'{name}.png'), kind
+        for kind, ext in (('MSE-SR', '.png'), ('GAN-SR', '.png'), ('overlays', '.jpg'), ('labels', '.png'),
+                          ('vis/D', '.jpg')):
+            assert os.path.isfile(root / kind / f'{name}{ext}'), kind
         d = np.load(root / 'maps' / 'D' / f'{name}.npy')
         assert d.shape == (4 * h - 10, 4 * w - 10) and np.all(d <= 1 + 1e-6)
         labels = cv2.imread(str(root / 'labels' / f'{name}.png'), cv2.IMREAD_UNCHANGED)

@@ -271,8 +271,8 @@ def test_detect_localizer_mode_end_to_end(tmp_path, artifact_data, stand_in_ckpt
     names = [f'img{i:03d}' for i in range(8)]
     assert result['processed'] == 8
     files = [f for f in _files(root) if not f.startswith('detect_loc_')]
-    expected = sorted([f'{k}/{n}{e}' for n in names for k, e in (('masks', '.png'), ('vis/P', '.png'),
-                                                                 ('maps/P', '.npy'), ('overlays', '.png'),
+    expected = sorted([f'{k}/{n}{e}' for n in names for k, e in (('masks', '.png'), ('vis/P', '.jpg'),
+                                                                 ('maps/P', '.npy'), ('overlays', '.jpg'),
                                                                  ('records', '.json'))]
                       + ['index.html', 'summary.csv'])
     assert files == expected

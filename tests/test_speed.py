@@ -1,5 +1,4 @@
 """Training speed options (desra.engine.speed): defaults, errors, and that each leaves the losses unchanged."""
-import copy
 import os
 import re
 
@@ -9,8 +8,8 @@ import torch
 from desra.config import load_yaml_file, validate_options
 from desra.engine.speed import optimizer_speed_kwargs, resolve_speed_options
 from desra.errors import ConfigError
-from desra.models import build_model
 from desra.models.base_model import _cpu_state
+from conftest import tiny_gan_ldl_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU, CUDA = torch.device('cpu'), torch.device('cuda')  # a device object needs no GPU
@@ -68,21 +67,7 @@ def test_optimizer_implementation_choice():
 
 
 def _tiny_run(steps=2, **speed):
-    """Losses of ``steps`` GAN + LDL steps of the tiny model on fixed batches, and the model."""
-    opt = load_yaml_file(os.path.join(REPO, 'options', 'tiny', 'gan_ldl.yml'))
-    opt['is_train'] = True
-    opt['train'].update(speed)
-    torch.manual_seed(0)
-    model = build_model(copy.deepcopy(opt), CPU)
-    model.compile_networks()
-    g = torch.Generator().manual_seed(1)
-    losses = []
-    for it in range(1, steps + 1):
-        gt = torch.rand(2, 3, 32, 32, generator=g)
-        model.current_iter = it
-        model.feed_data({'lq': torch.nn.functional.avg_pool2d(gt, 4), 'gt': gt})
-        losses.append({k: float(v) for k, v in model.optimize_parameters(it).items()})
-    return losses, model
+    return tiny_gan_ldl_run('cpu', steps, **speed)
 
 
 def _max_diff(a, b):

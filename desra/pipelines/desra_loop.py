@@ -196,6 +196,18 @@ def _write_json(path: str, data: dict) -> None:
         json.dump(data, f, indent=2)
 
 
+def _overlay_of(detect_dir: str, name: str) -> str:
+    """The overlay picture a detection record names (JPEG or PNG, ``output.picture_format``)."""
+    import json
+
+    try:
+        with open(os.path.join(detect_dir, 'records', name + '.json'), encoding='utf-8') as f:
+            path = json.load(f).get('overlay')
+    except (OSError, ValueError):
+        path = None
+    return path or os.path.join(detect_dir, 'overlays', name + '.jpg')
+
+
 def _psnr_outside(old: np.ndarray, new: np.ndarray, mask: np.ndarray) -> float:
     keep = mask == 0
     if not keep.any():
@@ -232,9 +244,9 @@ def evaluate_loop(root: str, val_names: list[str], gt_dir: str | None, hr_dir: s
                      'psnr_outside': _psnr_outside(old, new, mb | ma),
                      'lr': os.path.join(root, 'pseudo_gt', 'val', 'LR', name + '.png'),
                      'gan_before': os.path.join(before_dir, 'GAN-SR', name + '.png'),
-                     'overlay_before': os.path.join(before_dir, 'overlays', name + '.png'),
+                     'overlay_before': _overlay_of(before_dir, name),
                      'gan_after': os.path.join(after_dir, 'GAN-SR', name + '.png'),
-                     'overlay_after': os.path.join(after_dir, 'overlays', name + '.png')})
+                     'overlay_after': _overlay_of(after_dir, name)})
     if hr_dir:
         from desra.metrics import calculate_psnr
 
