@@ -5,9 +5,10 @@ back at once; torch is imported only when the work starts.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
-from desra.errors import UserError
+from desra.errors import ConfigError, UserError
 
 
 def user_message(e: UserError) -> str:
@@ -17,6 +18,28 @@ def user_message(e: UserError) -> str:
         last = msg.strip().splitlines()[-1]  # "desra.errors.DataError: <message>"
         msg = last.split(': ', 1)[1] if ': ' in last else last
     return msg
+
+
+def script_parser(doc: str, **kwargs) -> argparse.ArgumentParser:
+    """The argument parser of a script whose docstring is ``doc``: its first paragraph is the description, the
+    rest (usage lines, notes) the epilog, printed by ``--help`` as written."""
+    head, _, rest = doc.strip('\n').partition('\n\n')
+    return argparse.ArgumentParser(description=head, epilog=rest or None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
+def label_pairs(values, flag: str, what: str = 'PATH') -> dict:
+    """``['A=x', 'B=y']`` -> ``{'A': 'x', 'B': 'y'}`` for a ``LABEL=<what>`` option; ConfigError naming ``flag``
+    for an item without ``=``, an empty side, or a label given twice."""
+    out = {}
+    for v in values or []:
+        label, sep, path = v.partition('=')
+        if not sep or not label.strip() or not path.strip():
+            raise ConfigError(f'{flag} {v!r}: expected LABEL={what}')
+        if label.strip() in out:
+            raise ConfigError(f'{flag}: label {label.strip()!r} given twice')
+        out[label.strip()] = path.strip()
+    return out
 
 
 def run_cli(main, argv=None) -> None:

@@ -501,12 +501,20 @@ def load_options(argv: list[str] | None = None, is_train: bool = True,
     parser = build_arg_parser(description or ('Train a super-resolution model.' if is_train
                                               else 'Test a super-resolution model.'), is_train=is_train)
     args = parser.parse_args(argv)
-    opt = load_yaml_file(args.opt)
-    apply_force_yml(opt, args.force_yml)
     warnings: list[str] = []
-    validate_options(opt, is_train=is_train, warnings=warnings)
-    apply_image_limit(opt)
+    opt = read_checked_options(args.opt, args.force_yml,
+                               lambda o, w: validate_options(o, is_train=is_train, warnings=w), warnings)
     return opt, args, warnings
+
+
+def read_checked_options(path: str, overrides: list[str] | None, validate, warnings: list[str]) -> dict:
+    """The YAML at ``path`` with the ``--force_yml`` ``overrides``, checked by ``validate(opt, warnings)`` (which
+    appends the accepted-and-ignored keys to ``warnings``), and its ``max_image_pixels`` in force."""
+    opt = load_yaml_file(path)
+    apply_force_yml(opt, overrides)
+    validate(opt, warnings)
+    apply_image_limit(opt)
+    return opt
 
 
 def apply_image_limit(opt: dict) -> None:

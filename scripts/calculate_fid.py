@@ -18,7 +18,6 @@ With fewer than 2048 samples the covariance is singular and the value is not com
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -26,15 +25,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from desra.cli import run_cli
+from desra.cli import run_cli, script_parser
 from desra.errors import ConfigError, DataError
 
 STATS_SUFFIXES = ('.npz', '.pth', '.pt')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument('a', help='image folder or statistics file (.npz / .pth) of the first set')
     parser.add_argument('b', help='image folder or statistics file (.npz / .pth) of the second set')
     parser.add_argument('--weights', default=None, help='pytorch-fid Inception weights file (default: searched)')

@@ -17,19 +17,18 @@ segmenter restores both (see ``desra/detection/segformer_convert.py``). The fold
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from desra.cli import script_parser  # noqa: E402
 from desra.errors import CheckpointError, ConfigError, UserError  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument('--checkpoint', required=True, help='mmseg 0.x checkpoint (.pth with a state_dict)')
     p.add_argument('--out', required=True, help='output folder (must not exist unless --overwrite)')
     p.add_argument('--variant', default='b5', help='MiT variant b0..b5 (default b5)')

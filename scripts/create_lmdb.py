@@ -11,7 +11,6 @@ existing ``--output`` is refused. Needs the ``lmdb`` package (``pip install lmdb
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -20,13 +19,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from desra.cli import run_cli  # noqa: E402
+from desra.cli import run_cli, script_parser  # noqa: E402
 from desra.errors import ConfigError, DataError  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument('--input', required=True, help='folder of images (sub-folders included with --recursive)')
     parser.add_argument('--output', required=True, help='the LMDB folder to create; must end with .lmdb')
     parser.add_argument('--compress-level', type=int, default=1, help='PNG compression 0-9 (default 1, as BasicSR)')

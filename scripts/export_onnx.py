@@ -30,7 +30,6 @@ opset >= 18 natively). Needs ``onnx`` and ``onnxruntime``: ``pip install -e ".[o
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -43,7 +42,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from desra.cli import run_cli  # noqa: E402
+from desra.cli import run_cli, script_parser  # noqa: E402
 from desra.errors import CheckpointError, ConfigError, DataError, UserError  # noqa: E402
 
 PHOTOS_LR = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'photos', 'LR')
@@ -73,8 +72,7 @@ def parse_size(text: str, option: str) -> tuple[int, int]:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument('-opt', metavar='FILE', default=None,
                         help='BasicSR-style option file: network_g, path.pretrain_network_g, path.param_key_g')
     parser.add_argument('--network', metavar='YAML', default=None,

@@ -13,7 +13,6 @@ listed.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -21,13 +20,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from desra.cli import run_cli  # noqa: E402
+from desra.cli import run_cli, script_parser  # noqa: E402
 from desra.errors import DataError  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument('--input', required=True, help='folder of images')
     parser.add_argument('--output', required=True, help='folder for the sub-images')
     parser.add_argument('--crop-size', type=int, default=480, help='side of a sub-image (default 480)')

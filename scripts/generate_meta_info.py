@@ -12,7 +12,6 @@ relative to its root. ``--check`` decodes every image first and leaves out (and 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -20,13 +19,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from desra.cli import run_cli  # noqa: E402
+from desra.cli import run_cli, script_parser  # noqa: E402
 from desra.errors import DataError  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument('--input', nargs='+', required=True, help='image folder(s)')
     parser.add_argument('--root', nargs='+', default=None,
                         help='the folder each path is written relative to, one per --input (default: each --input)')

@@ -110,6 +110,12 @@ def prepare_photos(out):
     return train, held
 
 
+def localizer_map(ckpt):
+    """fuse.py's ``artifact_map`` block for the trained localiser (threshold 0.5, 512 px windows)."""
+    return {'type': 'localizer', 'network': LOCALIZER, 'checkpoint': ckpt, 'threshold': 0.5, 'tile': 512,
+            'overlap': 64}
+
+
 def mask_stats(folder, names):
     import cv2
 
@@ -242,8 +248,7 @@ def main(argv=None):
     fuse_opt = {'name': 'fuse_held_out', 'scale': 4, 'inputs': held_lr, 'gt': held_hr,
                 'models': [{'name': k, 'network': RRDB, 'checkpoint': v, 'tile': 128, 'tile_pad': 10}
                            for k, v in GENERATORS.items()],
-                'artifact_map': {'type': 'localizer', 'network': LOCALIZER, 'checkpoint': ckpt, 'threshold': 0.5,
-                                 'tile': 512, 'overlap': 64},
+                'artifact_map': localizer_map(ckpt),
                 'fusion': {'rule': 'select', 'base': 'RealESRGAN_x4plus', 'feather': 2.0, 'tie_tol': 0.02},
                 'metrics': {'crop_border': 4, 'test_y_channel': True, 'lpips': 'auto'},
                 'output': os.path.join(out, 'fuse_held_out')}
@@ -333,8 +338,7 @@ def derain(out, logs, train, held, ckpt):
                 'models': [{'name': 'RRDB_small', 'network': opt['network_g'], 'checkpoint': net_ckpt,
                             'param_key': 'params'}]
                 + [{'name': k, 'folder': v} for k, v in outputs.items()],
-                'artifact_map': {'type': 'localizer', 'network': LOCALIZER, 'checkpoint': ckpt, 'threshold': 0.5,
-                                 'tile': 512, 'overlap': 64},
+                'artifact_map': localizer_map(ckpt),
                 'fusion': {'rule': 'select', 'base': 'RRDB_small', 'feather': 2.0, 'tie_tol': 0.02},
                 'metrics': {'crop_border': 0, 'test_y_channel': True, 'lpips': 'auto'},
                 'output': os.path.join(root, 'fuse')}

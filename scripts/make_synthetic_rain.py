@@ -36,7 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from desra.cli import run_cli  # noqa: E402
+from desra.cli import run_cli, script_parser  # noqa: E402
 from desra.errors import ConfigError, DataError  # noqa: E402
 
 #: RainLayer field -> its flag, for the messages of check_layer.
@@ -47,8 +47,7 @@ FLAGS = {'density': '--density', 'length': '--length', 'angle': '--angle', 'angl
 def build_parser() -> argparse.ArgumentParser:
     from desra.data.synthetic_rain import DEFAULT_LAYER as d
 
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument('--input', required=True, help='folder of clean images')
     p.add_argument('--output', required=True, help='root of the paired set (rainy/, clean/, rain_params.json)')
     p.add_argument('--seed', type=int, default=0, help='base seed (>= 0; default 0)')

@@ -35,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from desra.cli import run_cli  # noqa: E402
+from desra.cli import run_cli, script_parser  # noqa: E402
 from desra.errors import DataError  # noqa: E402
 
 SETS = ('Rain100L', 'Rain12', 'Rain800', 'SPA-Data')
@@ -50,8 +50,7 @@ _SCALE_TAG = re.compile(r'(?<=\d)x[234]$')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument('--set', required=True, choices=SETS, help='which data set the release is')
     p.add_argument('--input', required=True, help='the released folder (searched recursively)')
     p.add_argument('--output', required=True, help='datasets/derain/<set>')

@@ -39,28 +39,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from desra.cli import run_cli  # noqa: E402
-from desra.errors import ConfigError  # noqa: E402
-
-
-def _pairs(values, flag: str, what: str = 'PATH') -> dict:
-    out = {}
-    for v in values or []:
-        label, sep, path = v.partition('=')
-        if not sep or not label.strip() or not path.strip():
-            raise ConfigError(f'{flag} {v!r}: expected LABEL={what}')
-        if label.strip() in out:
-            raise ConfigError(f'{flag}: label {label.strip()!r} given twice')
-        out[label.strip()] = path.strip()
-    return out
+from desra.cli import label_pairs, run_cli, script_parser  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     from desra.pipelines.derain_table import METRICS, SETS
 
-    doc = __doc__
-    p = argparse.ArgumentParser(description=doc.split('\n\n')[0], epilog=doc.split('\n\n', 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument('--outputs', nargs='+', default=None, metavar='LABEL=FOLDER',
                    help='folders of derained outputs (<set>/<name>.png), with their labels')
     p.add_argument('--datasets', default='datasets/derain', help='root of <set>/{rainy,clean} (datasets/derain)')
@@ -90,9 +75,9 @@ def main(argv=None):
 
     weights = {k: v for k, v in (('alexnet', args.alexnet), ('vgg16', args.vgg16), ('lpips_heads', args.lpips_heads))
                if v}
-    opts = DerainTableOptions(datasets_root=args.datasets, outputs=_pairs(args.outputs, '--outputs', 'FOLDER'),
+    opts = DerainTableOptions(datasets_root=args.datasets, outputs=label_pairs(args.outputs, '--outputs', 'FOLDER'),
                               sets=args.sets, metrics=args.metrics,
-                              compare_with=_pairs(args.compare_with, '--compare-with', 'ROW'),
+                              compare_with=label_pairs(args.compare_with, '--compare-with', 'ROW'),
                               y_channel=args.color == 'y', crop_border=args.crop_border, lpips_net=args.lpips_net,
                               perceptual_crop=args.perceptual_crop, weights=weights, with_input=args.with_input,
                               out_dir=args.out, device=args.device)

@@ -38,28 +38,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from desra.cli import run_cli  # noqa: E402
+from desra.cli import label_pairs, run_cli, script_parser  # noqa: E402
 from desra.errors import ConfigError  # noqa: E402
-
-
-def _pairs(values, flag: str) -> dict:
-    out = {}
-    for v in values or []:
-        label, sep, path = v.partition('=')
-        if not sep or not label.strip() or not path.strip():
-            raise ConfigError(f'{flag} {v!r}: expected LABEL=PATH')
-        if label.strip() in out:
-            raise ConfigError(f'{flag}: label {label.strip()!r} given twice')
-        out[label.strip()] = path.strip()
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
     from desra.pipelines.ldl_table import BENCHMARKS, METRICS
 
-    doc = __doc__
-    p = argparse.ArgumentParser(description=doc.split('\n\n')[0], epilog=doc.split('\n\n', 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument('--models', nargs='+', required=True, metavar='LABEL=PATH',
                    help='checkpoints or folders of SR outputs, with their labels')
     p.add_argument('--benchmarks', required=True, help='root of the benchmark layouts (datasets/)')
@@ -104,9 +90,9 @@ def main(argv=None):
         kwargs['network_g'] = net
     weights = {k: v for k, v in (('alexnet', args.alexnet), ('vgg16', args.vgg16), ('lpips_heads', args.lpips_heads),
                                  ('dists', args.dists_weights), ('fid_inception', args.fid_inception)) if v}
-    opts = LDLTableOptions(benchmarks_root=args.benchmarks, models=_pairs(args.models, '--models'),
+    opts = LDLTableOptions(benchmarks_root=args.benchmarks, models=label_pairs(args.models, '--models'),
                            benchmarks=args.sets, metrics=args.metrics, param_key=args.param_key,
-                           compare_with=_pairs(args.compare_with, '--compare-with'), lpips_net=args.lpips_net,
+                           compare_with=label_pairs(args.compare_with, '--compare-with'), lpips_net=args.lpips_net,
                            perceptual_crop=args.perceptual_crop, fid_patch_size=args.fid_patch_size or None,
                            fid_method=args.fid_method,
                            weights=weights, out_dir=args.out, tile_size=args.tile, device=args.device, **kwargs)

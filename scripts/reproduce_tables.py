@@ -48,7 +48,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from desra.cli import run_cli
+from desra.cli import run_cli, script_parser
 from desra.pipelines.reproduce import (
     DEFAULT_NIQE_THRESHOLDS,
     LDL_THRESHOLDS,
@@ -70,9 +70,7 @@ def _min_area(s: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    doc = __doc__
-    parser = argparse.ArgumentParser(description=doc.split('\n\n')[0], epilog=doc.split('\n\n', 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument('--data', required=True, help='DeSRA data set root (e.g. datasets/DeSRA)')
     parser.add_argument('--methods', nargs='+', default=['RealESRGAN', 'LDL'],
                         help='method folders under --data (default: RealESRGAN LDL)')

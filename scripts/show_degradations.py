@@ -15,7 +15,6 @@ Writes ``DIR/index.html`` (the pairs with their parameters), ``DIR/contact_sheet
 """
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import os
@@ -25,13 +24,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from desra.cli import run_cli  # noqa: E402
+from desra.cli import run_cli, script_parser  # noqa: E402
 from desra.errors import ConfigError  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument('-opt', '--opt', dest='opt', required=True, help='a training option file')
     parser.add_argument('--n', type=int, default=16, help='number of pairs (default 16)')
     parser.add_argument('--out', default=None, help='output folder (default results/show_degradations/<name>)')

@@ -9,6 +9,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from torch import nn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), 'shared')
@@ -269,6 +270,39 @@ def make_artifact_photos(root, n=8, size=96, seed=0, folder_img='images', folder
         cv2.imwrite(os.path.join(root, folder_mask, name + '.png'), mask)
         images[name], masks[name] = img, mask
     return images, masks
+
+
+def make_mse_gan_pairs(root, names=('a', 'b', 'c'), size=(48, 64), seed=0, patch='random'):
+    """Smooth random MSE-SR images and GAN-SR twins that differ in a 32 x 32 patch: ``patch='random'`` (new random
+    pixels: a sure detection) or ``'noise'`` (the MSE-SR pixels +-40). Written with ``imencode`` + ``tofile`` so
+    that any file name works. Returns ``(mse_dir, gan_dir)``."""
+    rng = np.random.default_rng(seed)
+    mse_dir, gan_dir = os.path.join(root, 'MSE'), os.path.join(root, 'GAN')
+    os.makedirs(mse_dir, exist_ok=True)
+    os.makedirs(gan_dir, exist_ok=True)
+    for name in names:
+        base = cv2.GaussianBlur(rng.integers(0, 256, (*size, 3)).astype(np.uint8), (7, 7), 2)
+        gan = base.copy()
+        if patch == 'random':
+            gan[8:40, 8:40] = rng.integers(0, 256, (32, 32, 3))
+        else:
+            gan[8:40, 8:40] = np.clip(base[8:40, 8:40].astype(int) + rng.integers(-40, 41, (32, 32, 3)), 0, 255)
+        cv2.imencode('.png', base)[1].tofile(os.path.join(mse_dir, name + '.png'))
+        cv2.imencode('.png', gan)[1].tofile(os.path.join(gan_dir, name + '.png'))
+    return mse_dir, gan_dir
+
+
+class CountCalls(nn.Module):
+    """Wraps a net and records the input shape of every call (proves tiling happened, shows the window sizes)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.shapes = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return self.net(x)
 
 
 def tiny_gan_ldl_run(device, steps=2, **train):

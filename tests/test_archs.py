@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from conftest import CountCalls
 from desra.archs.arch_util import default_init_weights, make_layer
 from desra.archs.checkpoint_io import load_network_weights
 from desra.archs.discriminator_arch import UNetDiscriminatorSN, VGGStyleDiscriminator
@@ -329,19 +330,6 @@ def test_tiled_keeps_dtype_and_3d_input():
         ref = net(x.float().unsqueeze(0))[0].double()
     assert (out - ref).abs().max().item() < 1e-5
     assert not out.requires_grad
-
-
-class CountCalls(nn.Module):
-    """Wraps a net and records the input shape of every call, to prove that tiling really happened."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-        self.shapes = []
-
-    def forward(self, x):
-        self.shapes.append(tuple(x.shape))
-        return self.net(x)
 
 
 def test_tiled_rrdb():

@@ -16,25 +16,12 @@ import pytest
 
 import desra.atomic as atomic
 from conftest import REPO, cli_env, cli_main, run_script, user_error_in_process, write_opt
+from conftest import make_mse_gan_pairs as make_pairs
 from desra.atomic import commit_files
 from desra.detection.pipeline import validate_detect_options
 from desra.errors import ConfigError, OutputError
 
 needs_proc = pytest.mark.skipif(not os.path.isdir('/proc/self/fd'), reason='needs /proc to name the file written')
-
-
-def make_pairs(root, names=('a', 'b', 'c'), size=(48, 64), seed=0):
-    rng = np.random.default_rng(seed)
-    mse_dir, gan_dir = os.path.join(root, 'MSE'), os.path.join(root, 'GAN')
-    os.makedirs(mse_dir, exist_ok=True)
-    os.makedirs(gan_dir, exist_ok=True)
-    for name in names:
-        base = cv2.GaussianBlur(rng.integers(0, 256, (*size, 3)).astype(np.uint8), (7, 7), 2)
-        gan = base.copy()
-        gan[8:40, 8:40] = rng.integers(0, 256, (32, 32, 3))
-        cv2.imwrite(os.path.join(mse_dir, name + '.png'), base)
-        cv2.imwrite(os.path.join(gan_dir, name + '.png'), gan)
-    return mse_dir, gan_dir
 
 
 def mode_b(mse, gan, root, output=None, **extra):

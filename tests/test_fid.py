@@ -237,12 +237,18 @@ def _random_spd(rng, d, rank=None):
     return a @ a.T / a.shape[1]
 
 
+def _diagonal_case(rng, d):
+    """Means, diagonal covariances (as vectors) and their Frechet distance in closed form:
+    ``|mu1 - mu2|^2 + sum (sqrt(s1) - sqrt(s2))^2``."""
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    s1, s2 = rng.uniform(0.1, 2, d), rng.uniform(0.1, 2, d)
+    return mu1, mu2, s1, s2, np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
+
+
 def test_frechet_distance_closed_forms():
     rng = np.random.default_rng(0)
     d = 6
-    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
-    s1, s2 = rng.uniform(0.1, 2, d), rng.uniform(0.1, 2, d)
-    want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
+    mu1, mu2, s1, s2, want = _diagonal_case(rng, d)
     assert calculate_fid(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(want, rel=1e-10)
     # commuting covariances: same eigenvectors
     q, _ = np.linalg.qr(rng.standard_normal((d, d)))
@@ -269,9 +275,7 @@ def test_frechet_distance_closed_forms():
 def test_frechet_distance_eigh_method_equals_closed_form_and_sqrtm():
     rng = np.random.default_rng(1)
     d = 8
-    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
-    s1, s2 = rng.uniform(0.1, 2, d), rng.uniform(0.1, 2, d)
-    want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
+    mu1, mu2, s1, s2, want = _diagonal_case(rng, d)
     assert calculate_fid(mu1, np.diag(s1), mu2, np.diag(s2), method='eigh') == pytest.approx(want, rel=1e-10)
     c1, c2 = _random_spd(rng, 30), _random_spd(rng, 30)
     assert calculate_fid(mu1[:1].repeat(30), c1, mu2[:1].repeat(30), c2, method='eigh') == pytest.approx(

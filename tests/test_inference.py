@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import CountCalls
 from desra.archs.rrdbnet_arch import RRDBNet
 from desra.archs.span_arch import SPAN
 from desra.config import _TEST_SCHEMA, _TRAIN_SCHEMA, check_schema
@@ -12,19 +13,6 @@ from desra.errors import ConfigError
 from desra.inference import (DEFAULT_TILE_PAD, auto_tile_size, axis_blend_weights, axis_windows,
                              estimate_forward_bytes, memory_budget, tiled_forward)
 from desra.tile_options import tile_size_option
-
-
-class CountCalls(nn.Module):
-    """Records the input shape of every call (proves tiling happened and shows the window sizes)."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-        self.shapes = []
-
-    def forward(self, x):
-        self.shapes.append(tuple(x.shape))
-        return self.net(x)
 
 
 class Ones(nn.Module):

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import (REPO, SHARED, cli_env, cli_main, run_script, tree_snapshot, user_error_in_process,
-                      write_opt)
+from conftest import (REPO, SHARED, cli_env, cli_main, make_mse_gan_pairs, run_script, tree_snapshot,
+                      user_error_in_process, write_opt)
 from desra.utils.lock import FolderLock
 
 PHOTOS = os.path.join(SHARED, 'data', 'photos')
@@ -30,17 +30,7 @@ def mode_b(mse, gan, root, **detector):
 
 
 def make_pairs(root, names, size=(48, 64), seed=0):
-    rng = np.random.default_rng(seed)
-    mse_dir, gan_dir = os.path.join(root, 'MSE'), os.path.join(root, 'GAN')
-    os.makedirs(mse_dir, exist_ok=True)
-    os.makedirs(gan_dir, exist_ok=True)
-    for name in names:
-        base = cv2.GaussianBlur(rng.integers(0, 256, (*size, 3)).astype(np.uint8), (7, 7), 2)
-        gan = base.copy()
-        gan[8:40, 8:40] = np.clip(base[8:40, 8:40].astype(int) + rng.integers(-40, 41, (32, 32, 3)), 0, 255)
-        cv2.imencode('.png', base)[1].tofile(os.path.join(mse_dir, name + '.png'))
-        cv2.imencode('.png', gan)[1].tofile(os.path.join(gan_dir, name + '.png'))
-    return mse_dir, gan_dir
+    return make_mse_gan_pairs(root, names, size, seed, patch='noise')
 
 
 def masks(root):

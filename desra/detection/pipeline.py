@@ -60,15 +60,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from desra.atomic import atomic_open, commit_files, fsync_dir, remove_stale_temp_files
-from desra.config import (NONE, NUMBER, Spec, _typed, apply_force_yml, apply_image_limit, build_arg_parser,
-                          check_schema, load_yaml_file, nonneg_int, nonneg_number, num_gpu, positive_int,
+from desra.config import (NONE, NUMBER, Spec, _typed, build_arg_parser, read_checked_options,
+                          check_schema, nonneg_int, nonneg_number, num_gpu, positive_int,
                           report_warnings, run_name)
 from desra.data.io import IMG_EXTENSIONS, imencode, imread, png_params
 from desra.engine.logger import detach_log_file, get_root_logger
 from desra.errors import ConfigError, DataError
 from desra.tile_options import DEFAULT_TILE_PAD, tile_size_option
 from desra.registry import DETECTOR_REGISTRY, import_user_modules
-from desra.utils.fingerprint import changed_keys, file_identity, settings_hash, weights_identity
+from desra.utils.fingerprint import RecordedOutputs, file_identity, settings_hash, weights_identity
 from desra.utils.images import check_pixel_limit, display_name, image_header
 from desra.utils.lazy_torch import is_tensor
 from desra.utils.lock import FolderLock
@@ -321,7 +321,7 @@ def probability_to_color(prob: np.ndarray) -> np.ndarray:
     return cv2.applyColorMap((v * 255).round().astype(np.uint8), cv2.COLORMAP_JET)
 
 
-class DetectionWriter:
+class DetectionWriter(RecordedOutputs):
     """Writes one image's outputs under ``root`` as one durable commit, record last; knows what a record must match.
 
     ``png_compression``: the zlib level (0-9) of every PNG written; it changes file sizes, never pixels, so it is
@@ -336,42 +336,22 @@ class DetectionWriter:
 
     def __init__(self, root: str, save_maps: bool, save_overlays: bool, save_sr: bool, settings: dict | None = None,
                  png_compression: int = PNG_COMPRESSION_DEFAULT, picture_format_: str = PICTURE_FORMAT_DEFAULT):
-        self.root, self.save_maps, self.save_overlays, self.save_sr = root, save_maps, save_overlays, save_sr
-        self.settings = settings or {}
-        self.settings_fp = settings_hash(self.settings)
+        super().__init__(root, settings)
+        self.save_maps, self.save_overlays, self.save_sr = save_maps, save_overlays, save_sr
         self.png_compression = png_level(png_compression, 'output.png_compression')
         self._png = png_params(self.png_compression)
         self.picture_ext = '.' + picture_format(picture_format_, 'output.picture_format')
         self._picture = self._png if self.picture_ext == '.png' else [cv2_jpeg_quality(), JPEG_QUALITY]
 
-    def path(self, kind: str, name: str, ext: str = '.png') -> str:
-        return os.path.join(self.root, kind, name + ext)
-
-    def read_record(self, name: str) -> dict | None:
-        try:
-            return _read_record(self.path('records', name, '.json'))
-        except (OSError, ValueError):
-            return None
-
     def reason_to_compute(self, name: str, inputs: dict) -> str | None:
         """None when ``name``'s record matches the settings and inputs and its files exist; else why not."""
         rec = self.read_record(name)
-        if rec is None:
-            return 'new'
-        fp = rec.get('fingerprint') or {}
-        if not fp:
-            return 'record without a fingerprint (earlier version)'
-        if fp.get('settings') != self.settings_fp:
-            keys = changed_keys(rec.get('settings') or {}, self.settings)
-            return 'settings changed: ' + (', '.join(keys[:4]) + (' ...' if len(keys) > 4 else '') if keys else '?')
-        if fp.get('inputs') != settings_hash(inputs):
-            return 'input file changed'
-        needed = [rec.get('mask'), rec.get('d_map'), rec.get('overlay') if self.save_overlays else None]
-        if self.save_sr:
-            needed += [rec.get('gan_sr')] + ([rec.get('mse_sr')] if 'mse_sr' in inputs else [])
-        if any(p and not os.path.isfile(p) for p in needed):
-            return 'output files missing'
-        return None
+        needed = []
+        if rec is not None:
+            needed = [rec.get('mask'), rec.get('d_map'), rec.get('overlay') if self.save_overlays else None]
+            if self.save_sr:
+                needed += [rec.get('gan_sr')] + ([rec.get('mse_sr')] if 'mse_sr' in inputs else [])
+        return self.stale_reason(rec, inputs, needed)
 
     def write(self, name: str, mask: np.ndarray, maps: dict, mse: np.ndarray, gan: np.ndarray, sources: dict,
               artifact_low: bool) -> dict:
@@ -447,12 +427,9 @@ def parse_detect_options(argv=None, args=None) -> dict:
     if args is None:
         args = build_arg_parser(DETECT_DESCRIPTION, is_train=False).parse_args(argv)
     get_root_logger(None, int(os.environ.get('RANK', '0') or 0))
-    opt = load_yaml_file(args.opt)
-    apply_force_yml(opt, args.force_yml)
     warnings: list[str] = []
-    validate_detect_options(opt, warnings)
+    opt = read_checked_options(args.opt, args.force_yml, validate_detect_options, warnings)
     report_warnings(warnings)
-    apply_image_limit(opt)
     opt['_plan'] = preflight(opt)  # every input checked before torch is imported
     rank, world = 0, 1
     if args.launcher != 'none':
@@ -857,11 +834,6 @@ class _WriteBehind:
     def abandon(self) -> None:
         """After an error elsewhere: let a write in flight end (its own error, if any, is not raised)."""
         self.pool.shutdown(wait=True)
-
-
-def _read_record(path: str) -> dict:
-    with open(path, encoding='utf-8') as f:
-        return json.load(f)
 
 
 SUMMARY_COLUMNS = ('name', 'height', 'width', 'artifact_pixels', 'artifact_fraction', 'regions')

@@ -193,6 +193,15 @@ class BaseModel:
             to_channels_last(net)
         return net
 
+    def _init_generator_optimizer(self) -> None:
+        """``optimizer_g`` (``train.optim_g``) over G's trainable parameters, its grad scaler and the schedules:
+        the optimisation of a model that trains G alone."""
+        params = [p for p in self.net_g.parameters() if p.requires_grad]
+        self.optimizer_g = build_optimizer(params, self.opt['train']['optim_g'], 'train.optim_g', self.speed)
+        self.optimizers = [self.optimizer_g]
+        self.scaler_g = self._make_scaler()
+        self._setup_schedules()
+
     def compile_networks(self) -> None:
         """``torch.compile`` the trained networks and the EMA in place when ``train.compile`` says so (where
         compiling cannot work here, ``__init__`` has said why with one warning and turned it off)."""

@@ -25,7 +25,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from desra.models.base_model import BaseModel, build_loss, build_optimizer, unwrap
+from desra.models.base_model import BaseModel, build_loss, unwrap
 from desra.registry import MODEL_REGISTRY
 
 logger = logging.getLogger('desra')
@@ -53,11 +53,7 @@ class LocalizerModel(BaseModel):
         self.net_g.train()
         seg_opt = train_opt.get('seg_opt') or {'type': 'BCEDiceLoss'}
         self.cri_seg = build_loss(seg_opt, 'train.seg_opt').to(self.device)
-        params = [p for p in self.net_g.parameters() if p.requires_grad]
-        self.optimizer_g = build_optimizer(params, train_opt['optim_g'], 'train.optim_g', self.speed)
-        self.optimizers = [self.optimizer_g]
-        self.scaler_g = self._make_scaler()
-        self._setup_schedules()
+        self._init_generator_optimizer()
 
     def optimize_parameters(self, current_iter: int) -> OrderedDict:
         self.optimizer_g.zero_grad(set_to_none=True)

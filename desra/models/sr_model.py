@@ -6,7 +6,7 @@ from collections import OrderedDict
 import torch
 
 from desra.errors import ConfigError
-from desra.models.base_model import BaseModel, build_loss, build_optimizer, unwrap
+from desra.models.base_model import BaseModel, build_loss, unwrap
 from desra.registry import MODEL_REGISTRY
 
 
@@ -30,11 +30,7 @@ class SRModel(BaseModel):
                                if train_opt.get('perceptual_opt') else None)
         if self.cri_pix is None and self.cri_perceptual is None:
             raise ConfigError('train: SRModel needs train.pixel_opt or train.perceptual_opt')
-        params = [p for p in self.net_g.parameters() if p.requires_grad]
-        self.optimizer_g = build_optimizer(params, train_opt['optim_g'], 'train.optim_g', self.speed)
-        self.optimizers = [self.optimizer_g]
-        self.scaler_g = self._make_scaler()
-        self._setup_schedules()
+        self._init_generator_optimizer()
 
     def optimize_parameters(self, current_iter: int) -> OrderedDict:
         self.optimizer_g.zero_grad(set_to_none=True)

@@ -76,14 +76,14 @@ from collections import Counter
 import numpy as np
 
 from desra.atomic import atomic_open, remove_stale_temp_files
-from desra.config import (NONE, NUMBER, Spec, _typed, apply_force_yml, apply_image_limit, check_schema,
-                          load_yaml_file, nonneg_int, nonneg_number, num_gpu, positive_int, positive_number,
+from desra.config import (NONE, NUMBER, Spec, _typed, check_schema, read_checked_options,
+                          nonneg_int, nonneg_number, num_gpu, positive_int, positive_number,
                           report_warnings, run_name, unknown_key_error)
 from desra.data.io import imwrite_atomic
 from desra.errors import ConfigError, DataError
 from desra.fusion import DEFAULT_FEATHER, DEFAULT_TIE_TOL, FUSION_RULES
 from desra.tile_options import DEFAULT_TILE_PAD, tile_size_option
-from desra.utils.fingerprint import changed_keys, file_identity, settings_hash, weights_identity
+from desra.utils.fingerprint import RecordedOutputs, file_identity, settings_hash, weights_identity
 from desra.utils.images import check_pixel_limit, display_name, image_header
 
 logger = logging.getLogger('desra')
@@ -410,12 +410,9 @@ def parse_fuse_options(argv=None) -> dict:
                         help='override options, e.g. fusion:feather=4 (value parsed as YAML)')
     args = parser.parse_args(argv)
     get_root_logger()
-    opt = load_yaml_file(args.opt)
-    apply_force_yml(opt, args.force_yml)
     warnings: list[str] = []
-    validate_fuse_options(opt, warnings)
+    opt = read_checked_options(args.opt, args.force_yml, validate_fuse_options, warnings)
     report_warnings(warnings)
-    apply_image_limit(opt)
     opt['_plan'] = preflight(opt)
     return opt
 
@@ -656,37 +653,12 @@ def _identities(src: dict) -> dict:
     return ids
 
 
-class FuseWriter:
+class FuseWriter(RecordedOutputs):
     """Writes one image's files under ``root`` (atomically), the record last; knows when a record is current."""
-
-    def __init__(self, root: str, settings: dict):
-        self.root, self.settings = root, settings
-        self.settings_fp = settings_hash(settings)
-
-    def path(self, kind: str, name: str, ext: str = '.png') -> str:
-        return os.path.join(self.root, kind, name + ext)
-
-    def read_record(self, name: str) -> dict | None:
-        try:
-            with open(self.path('records', name, '.json'), encoding='utf-8') as f:
-                rec = json.load(f)
-            return rec if isinstance(rec, dict) else None
-        except (OSError, ValueError):
-            return None
 
     def reason_to_compute(self, name: str, inputs: dict) -> str | None:
         rec = self.read_record(name)
-        if rec is None:
-            return 'new'
-        fp = rec.get('fingerprint') or {}
-        if fp.get('settings') != self.settings_fp:
-            keys = changed_keys(rec.get('settings') or {}, self.settings)
-            return 'settings changed: ' + (', '.join(keys[:4]) + (' ...' if len(keys) > 4 else '') if keys else '?')
-        if fp.get('inputs') != settings_hash(inputs):
-            return 'input file changed'
-        if any(not os.path.isfile(p) for p in (rec.get('written') or [])):
-            return 'output files missing'
-        return None
+        return self.stale_reason(rec, inputs, (rec or {}).get('written') or [])
 
     def write(self, name: str, files: dict[str, np.ndarray], record: dict, inputs: dict) -> dict:
         """``files``: ``{relative kind: image}`` (e.g. ``'maps/A'``); ``record``: the fields to store."""

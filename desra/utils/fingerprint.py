@@ -18,7 +18,7 @@ import json
 import math
 import os
 
-__all__ = ['canonical_json', 'settings_hash', 'file_sha256', 'file_identity', 'weights_identity',
+__all__ = ['RecordedOutputs', 'canonical_json', 'settings_hash', 'file_sha256', 'file_identity', 'weights_identity',
            'changed_keys']
 
 _SHA_CACHE: dict[tuple, str] = {}
@@ -103,3 +103,41 @@ def changed_keys(old, new, prefix: str = '') -> list[str]:
                 out.extend(changed_keys(old[k], new[k], path))
         return out
     return [] if canonical_json(old) == canonical_json(new) else [prefix or '(all)']
+
+
+class RecordedOutputs:
+    """An output root whose images each have a JSON record ``records/<name>.json`` holding the fingerprint of the
+    settings and inputs that made them: the part shared by ``detect.py``'s and ``fuse.py``'s writers."""
+
+    def __init__(self, root: str, settings: dict | None):
+        self.root = root
+        self.settings = settings or {}
+        self.settings_fp = settings_hash(self.settings)
+
+    def path(self, kind: str, name: str, ext: str = '.png') -> str:
+        return os.path.join(self.root, kind, name + ext)
+
+    def read_record(self, name: str) -> dict | None:
+        try:
+            with open(self.path('records', name, '.json'), encoding='utf-8') as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) else None
+
+    def stale_reason(self, rec: dict | None, inputs: dict, needed) -> str | None:
+        """None when ``rec`` was made with these settings from these ``inputs`` and every file of ``needed``
+        (paths; None entries ignored) exists; else why the image must be computed again."""
+        if rec is None:
+            return 'new'
+        fp = rec.get('fingerprint') or {}
+        if not fp:
+            return 'record without a fingerprint (earlier version)'
+        if fp.get('settings') != self.settings_fp:
+            keys = changed_keys(rec.get('settings') or {}, self.settings)
+            return 'settings changed: ' + (', '.join(keys[:4]) + (' ...' if len(keys) > 4 else '') if keys else '?')
+        if fp.get('inputs') != settings_hash(inputs):
+            return 'input file changed'
+        if any(p and not os.path.isfile(p) for p in needed):
+            return 'output files missing'
+        return None

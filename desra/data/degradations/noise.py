@@ -56,11 +56,15 @@ def add_gaussian_noise(img, sigma=10, clip=True, rounds=False, gray_noise=False,
     return _finish(img + generate_gaussian_noise(img, sigma, gray_noise, rng), clip, rounds)
 
 
-def random_generate_gaussian_noise(img, sigma_range=(0, 10), gray_prob=0, rng=None):
+def _draw_strength(value_range, gray_prob, rng):
+    """The random noise strength in ``value_range`` and whether it is gray, drawn in BasicSR's order."""
     u = np.random.uniform if rng is None else rng.uniform
-    sigma = u(sigma_range[0], sigma_range[1])
-    gray_noise = u() < gray_prob
-    return generate_gaussian_noise(img, sigma, gray_noise, rng)
+    value = u(value_range[0], value_range[1])
+    return value, u() < gray_prob
+
+
+def random_generate_gaussian_noise(img, sigma_range=(0, 10), gray_prob=0, rng=None):
+    return generate_gaussian_noise(img, *_draw_strength(sigma_range, gray_prob, rng), rng)
 
 
 def random_add_gaussian_noise(img, sigma_range=(0, 1.0), gray_prob=0, clip=True, rounds=False, rng=None):
@@ -93,10 +97,7 @@ def add_poisson_noise(img, scale=1.0, clip=True, rounds=False, gray_noise=False,
 
 
 def random_generate_poisson_noise(img, scale_range=(0, 1.0), gray_prob=0, rng=None):
-    u = np.random.uniform if rng is None else rng.uniform
-    scale = u(scale_range[0], scale_range[1])
-    gray_noise = u() < gray_prob
-    return generate_poisson_noise(img, scale, gray_noise, rng)
+    return generate_poisson_noise(img, *_draw_strength(scale_range, gray_prob, rng), rng)
 
 
 def random_add_poisson_noise(img, scale_range=(0, 1.0), gray_prob=0, clip=True, rounds=False, rng=None):
